@@ -1,0 +1,319 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled core of toil_threading: the lock primitives over raw system calls.
+
+Twin of toil_threading/_core_py.py: same names, signatures and behaviour.  Blocking
+waits run without the GIL; an interrupted wait runs the Python signal handlers and
+goes on unless one of them raised (so Ctrl-C gives KeyboardInterrupt promptly).
+"""
+
+import logging
+
+from cpython.exc cimport PyErr_CheckSignals
+from libc.string cimport memchr, strerror
+
+
+cdef extern from "Python.h":
+    bytes PyUnicode_EncodeFSDefault(object text)
+
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EINTR
+        EIO
+        ENOLCK
+        EAGAIN
+        EACCES
+        ENOENT
+        ENOTDIR
+        ESTALE
+
+cdef extern from "<fcntl.h>" nogil:
+    int c_open "open"(const char *path, int flags, ...)
+    enum:
+        O_CREAT
+        O_WRONLY
+        O_CLOEXEC
+        O_NOFOLLOW
+
+cdef extern from "<sys/file.h>" nogil:
+    int flock(int fd, int operation)
+    enum:
+        LOCK_SH
+        LOCK_EX
+        LOCK_NB
+        LOCK_UN
+
+cdef extern from "<sys/stat.h>" nogil:
+    ctypedef unsigned long dev_t
+    ctypedef unsigned long ino_t
+    struct stat:
+        dev_t st_dev
+        ino_t st_ino
+    int c_fstat "fstat"(int fd, stat *buf)
+    int c_stat "stat"(const char *path, stat *buf)
+
+cdef extern from "compat.h" nogil:
+    struct statfs:
+        long f_type
+    int c_statfs "statfs"(const char *path, statfs *buf)
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    int unlink(const char *path)
+    int getpid()
+
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_MONOTONIC
+    int clock_gettime(int clock, timespec *now)
+    int nanosleep(const timespec *request, timespec *remaining)
+
+
+logger = logging.getLogger("toil_threading")
+
+# The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
+cdef int policy_max_tries = 10
+cdef double policy_backoff = 1.0
+cdef double policy_max_backoff = 60.0
+
+# Longest pause between two non-blocking tries of a lock wait that has a timeout.
+cdef double POLL_CAP = 0.01
+
+# Results of comparing a locked descriptor with what its path now names.
+cdef enum Sameness:
+    SAME
+    GONE
+    REPLACED
+
+
+def set_retry_policy(int max_tries, double backoff, double max_backoff):
+    global policy_max_tries, policy_backoff, policy_max_backoff
+    policy_max_tries = max_tries
+    policy_backoff = backoff
+    policy_max_backoff = max_backoff
+
+
+def retry_policy():
+    return (policy_max_tries, policy_backoff, policy_max_backoff)
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec now
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec + now.tv_nsec * 1e-9
+
+
+cdef object readable(object path):
+    return path.decode(errors="surrogateescape") if isinstance(path, bytes) else path
+
+
+cdef int raise_errno(int err, object path) except -1:
+    raise OSError(err, strerror(err).decode(), readable(path))
+
+
+cdef bytes encode_path(object path):
+    """The file-system encoding of path, refusing an embedded NUL as os.open does."""
+    cdef bytes encoded = PyUnicode_EncodeFSDefault(path)
+    if memchr(<const char *>encoded, 0, len(encoded)) != NULL:
+        raise ValueError(f"embedded null byte in path {path!r}")
+    return encoded
+
+
+cdef int check_signals() except -1:
+    """Run Python's signal handlers after an EINTR; raises what a handler raised."""
+    if PyErr_CheckSignals() < 0:
+        return -1
+    return 0
+
+
+cdef int pause(double seconds) except -1:
+    """Sleep without the GIL; signal handlers run on interruption and may raise."""
+    cdef timespec request, remaining
+    cdef int rc
+    if seconds <= 0:
+        return 0
+    request.tv_sec = <long>seconds
+    request.tv_nsec = <long>((seconds - request.tv_sec) * 1e9)
+    while True:
+        with nogil:
+            rc = nanosleep(&request, &remaining)
+        if rc == 0:
+            return 0
+        check_signals()
+        request = remaining
+
+
+cdef object deadline_of(object timeout):
+    return None if timeout is None else monotonic() + <double>timeout
+
+
+cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) except -1:
+    """flock with the EINTR, EIO/ENOLCK and timeout policy; deadline is monotonic or None."""
+    cdef int op = LOCK_SH if shared else LOCK_EX
+    cdef int rc, err
+    cdef int failures = 0
+    cdef double backoff = policy_backoff
+    cdef double poll = 0.001
+    cdef double wait, left = 0.0
+    cdef bint timed = deadline is not None
+    if timed or not block:
+        op |= LOCK_NB
+    while True:
+        if op & LOCK_NB:
+            rc = flock(fd, op)
+        else:
+            with nogil:
+                rc = flock(fd, op)
+        if rc == 0:
+            return 0
+        err = errno
+        if timed:
+            left = <double>deadline - monotonic()
+        if err == EINTR:
+            check_signals()
+            continue
+        if err == EAGAIN or err == EACCES:  # EWOULDBLOCK is EAGAIN here
+            if not timed:
+                raise_errno(err, path)
+            if left <= 0:
+                raise TimeoutError(f"timed out waiting for the lock on {readable(path) or f'fd {fd}'}")
+            wait = poll if poll < left else left
+            pause(wait)
+            poll = poll * 2 if poll * 2 < POLL_CAP else POLL_CAP
+            continue
+        if err == EIO or err == ENOLCK:
+            failures += 1
+            if failures < policy_max_tries:
+                logger.error(
+                    "flock on %s failed with %s (try %d of %d); retrying in %g s",
+                    readable(path) or f"fd {fd}", strerror(err).decode(), failures,
+                    policy_max_tries, backoff)
+                if timed and left < backoff:
+                    pause(left)
+                    raise TimeoutError(
+                        f"timed out retrying the lock on {readable(path) or f'fd {fd}'} after "
+                        f"{strerror(err).decode()}")
+                pause(backoff)
+                backoff = backoff * 2 if backoff * 2 < policy_max_backoff else policy_max_backoff
+                continue
+            logger.critical(
+                "giving up on flock of %s after %d tries: %s. %s",
+                readable(path) or f"fd {fd}", failures, strerror(err).decode(),
+                "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
+                if err == ENOLCK else
+                "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks")
+        raise_errno(err, path)
+
+
+def lock(int fd, bint block, bint shared, object timeout, object path):
+    lock_fd(fd, block, shared, deadline_of(timeout), path)
+
+
+def unlock_and_close(int fd):
+    cdef int rc, err
+    rc = flock(fd, LOCK_UN)
+    err = errno
+    close(fd)
+    if rc != 0 and err != EIO and err != ENOLCK:
+        raise_errno(err, None)
+
+
+cdef Sameness compare(int fd, const char *path, int *err) noexcept nogil:
+    """Does path still name the file open at fd?  Sets err when it cannot tell."""
+    cdef stat held, named
+    err[0] = 0
+    if c_fstat(fd, &held) != 0:
+        if errno != ESTALE:
+            err[0] = errno
+        return GONE
+    if c_stat(path, &named) != 0:
+        if errno != ENOENT and errno != ESTALE:
+            err[0] = errno
+        return GONE
+    if held.st_dev == named.st_dev and held.st_ino == named.st_ino:
+        return SAME
+    return REPLACED
+
+
+def same_file(int fd, object path):
+    cdef bytes encoded = encode_path(path)
+    cdef int err
+    cdef Sameness result = compare(fd, encoded, &err)
+    if err:
+        raise_errno(err, path)
+    return result == SAME
+
+
+def fs_type(object path):
+    cdef bytes encoded = encode_path(path)
+    cdef statfs info
+    if c_statfs(encoded, &info) != 0:
+        raise_errno(errno, path)
+    return info.f_type
+
+
+cdef bytes join(object base_dir, object filename):
+    return encode_path(base_dir) + b"/" + encode_path(filename)
+
+
+cdef str shown(object base_dir, object filename):
+    return f"{base_dir}/{filename}"
+
+
+def mutex_acquire(object base_dir, object filename, object timeout):
+    """Open, lock and verify the mutex file; returns the locked descriptor."""
+    cdef bytes encoded = join(base_dir, filename)
+    cdef const char *path = encoded
+    cdef object deadline = deadline_of(timeout)
+    cdef int fd, err
+    cdef Sameness sameness
+    while True:
+        fd = c_open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o666)
+        if fd < 0:
+            err = errno
+            if err == EINTR:
+                check_signals()
+                continue
+            if err == ESTALE:
+                continue
+            raise_errno(err, base_dir if err == ENOENT or err == ENOTDIR else shown(base_dir, filename))
+        try:
+            lock_fd(fd, True, False, deadline, encoded)
+        except OSError as error:
+            close(fd)
+            if error.errno == ESTALE:
+                continue
+            raise
+        except BaseException:
+            close(fd)
+            raise
+        sameness = compare(fd, path, &err)
+        if sameness == SAME:
+            return fd
+        # The previous holder unlinked (or someone replaced) the file while we waited.
+        close(fd)
+        if err:
+            raise_errno(err, shown(base_dir, filename))
+
+
+def mutex_release(int fd, object base_dir, object filename):
+    """Unlink the mutex file if it is still ours, then unlock and close."""
+    cdef bytes encoded = join(base_dir, filename)
+    cdef int err = 0, unlink_err = 0
+    cdef Sameness sameness = compare(fd, encoded, &err)
+    if sameness == SAME:
+        if unlink(encoded) != 0:
+            unlink_err = errno
+    elif not err:
+        logger.error(
+            "mutex file %s was %s while its lock was held (by pid %d): "
+            "something outside the mutex protocol touched it",
+            shown(base_dir, filename),
+            "removed" if sameness == GONE else "replaced", getpid())
+    unlock_and_close(fd)
+    if err or unlink_err:
+        raise_errno(err or unlink_err, shown(base_dir, filename))

@@ -1,0 +1,61 @@
+"""Build the compiled core, or degrade loudly to the pure-Python twin.
+
+TOIL_THREADING_NO_EXTENSIONS (any non-empty value) skips the extension; the package
+reads the same variable at import.  A failed compile warns and installs the pure twin,
+except under cibuildwheel (CIBUILDWHEEL=1), where a wheel without its core is a bug.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PURE = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
+STRICT = os.environ.get("CIBUILDWHEEL") == "1"
+
+
+def fall_back_to_pure(error: BaseException) -> None:
+    """Warn that the compiled core is missing, or fail where it must not be."""
+    if STRICT:
+        raise error
+    bar = "*" * 78
+    sys.stderr.write(
+        f"\n{bar}\n"
+        f"WARNING: the compiled core of toil-threading could not be built:\n  {error}\n"
+        "Installing the pure-Python core instead: it works, but it is slower.\n"
+        "Install a C compiler and the Python headers, then reinstall, for speed.\n"
+        f"{bar}\n\n"
+    )
+
+
+class BuildExtOrFallBack(build_ext):
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as error:
+            fall_back_to_pure(error)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as error:
+            fall_back_to_pure(error)
+
+
+def extensions() -> list[Extension]:
+    if PURE or sys.implementation.name != "cpython" or sys.platform == "win32":
+        return []
+    try:
+        from Cython.Build import cythonize
+
+        return cythonize(
+            [Extension("toil_threading._core_c", ["csrc/_core_c.pyx"], include_dirs=["csrc"])],
+            compiler_directives={"language_level": "3"},
+        )
+    except Exception as error:
+        fall_back_to_pure(error)
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtOrFallBack})

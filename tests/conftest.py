@@ -1,0 +1,110 @@
+"""Shared fixtures: every test body runs once per core, against real files and processes."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import toil_threading
+
+CORES = ("compiled", "pure")
+CORE_MODULES = {"compiled": "toil_threading._core_c", "pure": "toil_threading._core_py"}
+
+
+def load_core(name: str) -> ModuleType:
+    # The compiled core is imported directly, so a missing build fails the test
+    # instead of quietly testing the pure twin twice.
+    return importlib.import_module(CORE_MODULES[name])
+
+
+@pytest.fixture(params=CORES)
+def core(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with the facade on the given core; yields the core's name.
+
+    Forked children inherit the choice; subprocesses get it from `python_with_core`.
+    """
+    before = toil_threading._core
+    toil_threading._use_core(load_core(request.param))
+    yield request.param
+    toil_threading._use_core(before)
+
+
+def core_prelude(core: str) -> str:
+    """Python source that points a fresh interpreter's facade at the given core."""
+    return (
+        "import importlib, toil_threading\n"
+        f"toil_threading._use_core(importlib.import_module({CORE_MODULES[core]!r}))\n"
+    )
+
+
+def python_with_core(
+    core: str, code: str, *, env: dict[str, str] | None = None, **popen: object
+) -> subprocess.Popen[str]:
+    """Start `python -c` running code on the given core, outside the checkout.
+
+    The working directory is a temporary one so that the installed package is imported,
+    never the source tree beside the tests.
+    """
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [sys.executable, "-c", core_prelude(core) + code],
+        cwd=tempfile.gettempdir(),
+        env=full_env,
+        text=True,
+        **popen,
+    )
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def fds_open_on(path: str | os.PathLike[str]) -> list[int]:
+    """This process's descriptors open on path."""
+    found = []
+    for name in open_fds():
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == os.fspath(path):
+                found.append(int(name))
+        except FileNotFoundError:  # the descriptor listing the directory itself
+            pass
+    return found
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """Fail the test if it ends with more descriptors open than it started with."""
+    before = open_fds()
+    yield
+    leaked = open_fds() - before
+    assert not leaked, f"descriptors leaked: {sorted(leaked)}"
+
+
+@pytest.fixture(params=["/dev/shm", "disk"])
+def lock_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory on tmpfs (/dev/shm) or on the disk that holds pytest's tmp_path."""
+    if request.param == "disk":
+        yield tmp_path
+        return
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this machine")
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="toil-threading-test-") as name:
+        yield Path(name)
+
+
+@pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    """A fresh directory on tmpfs."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this machine")
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="toil-threading-test-") as name:
+        yield Path(name)

@@ -1,0 +1,139 @@
+"""The package as a whole: which core is used, the twins' crossing, the public names."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+import toil_threading
+from conftest import load_core
+
+P, K = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+NONE = inspect.Parameter.empty
+# Toil's parameters, in order, with their defaults; keyword-only additions are ours.
+REFERENCE_SIGNATURES = {
+    "safe_lock": [("fd", P, NONE), ("block", P, True), ("shared", P, False), ("timeout", K, None)],
+    "safe_unlock_and_close": [("fd", P, NONE)],
+    "locked_file_is": [("fd", P, NONE), ("path", P, NONE)],
+    "ensure_filesystem_lockable": [("path", P, NONE), ("timeout", P, 30), ("hint", P, None)],
+    "global_mutex": [("base_dir", P, NONE), ("mutex", P, NONE), ("timeout", K, None)],
+}
+
+
+def run_fresh(code: str, **env: str) -> str:
+    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tempfile.gettempdir(),
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_cpython_without_the_switch_uses_the_compiled_core() -> None:
+    if sys.implementation.name != "cpython":
+        pytest.skip("the compiled core is for CPython only")
+    out = run_fresh("import toil_threading as t; print(t.ACCELERATED, t._core.__name__)")
+    assert out == "True toil_threading._core_c"
+
+
+def test_the_switch_chooses_the_pure_core() -> None:
+    out = run_fresh(
+        "import sys, toil_threading as t; "
+        "print(t.ACCELERATED, t._core.__name__, 'toil_threading._core_c' in sys.modules)",
+        TOIL_THREADING_NO_EXTENSIONS="1",
+    )
+    assert out == "False toil_threading._core_py False"
+
+
+def test_accelerated_matches_the_core_in_use() -> None:
+    expected = not os.environ.get("TOIL_THREADING_NO_EXTENSIONS")
+    assert toil_threading.ACCELERATED is expected
+    assert toil_threading._impl.core.__name__.endswith("_core_c" if expected else "_core_py")
+
+
+def crossing(module: object) -> dict[str, inspect.Signature]:
+    return {
+        name: inspect.signature(value)
+        for name, value in vars(module).items()
+        if callable(value) and not name.startswith("_") and not isinstance(value, type)
+        and getattr(value, "__module__", None) == getattr(module, "__name__", None)
+    }
+
+
+def shape(signature: inspect.Signature) -> list[tuple[str, object, object]]:
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+def test_twins_have_identical_primitives() -> None:
+    compiled = crossing(load_core("compiled"))
+    pure = crossing(load_core("pure"))
+    assert sorted(compiled) == sorted(pure)
+    assert len(compiled) >= 8
+    for name in compiled:
+        assert shape(compiled[name]) == shape(pure[name]), name
+
+
+def test_reference_signatures() -> None:
+    for name, expected in REFERENCE_SIGNATURES.items():
+        assert shape(inspect.signature(getattr(toil_threading, name))) == expected, name
+    assert isinstance(toil_threading.logger, __import__("logging").Logger)
+    assert toil_threading.logger.name == "toil_threading"
+    assert issubclass(toil_threading.ExceptionalThread, threading.Thread)
+
+
+def test_every_exported_name_exists() -> None:
+    for name in toil_threading.__all__:
+        assert hasattr(toil_threading, name), name
+
+
+THREAD_RAISES = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@THREAD_RAISES
+def test_exceptional_thread_doctests() -> None:
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = finder.find(toil_threading.ExceptionalThread, globs={"ExceptionalThread": toil_threading.ExceptionalThread})
+    for test in tests:
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted >= 8
+    assert result.failed == 0
+
+
+@THREAD_RAISES
+def test_exceptional_thread_raises_once_and_not_on_timeout() -> None:
+    release = threading.Event()
+
+    def fail_later() -> None:
+        release.wait(10)
+        raise OSError("boom")
+
+    thread = toil_threading.ExceptionalThread(target=fail_later)
+    thread.start()
+    thread.join(timeout=0.05)  # still running: nothing to raise
+    assert thread.is_alive()
+    release.set()
+    with pytest.raises(OSError, match="boom"):
+        thread.join()
+    thread.join()
+    assert thread.exc_info is None
+
+
+def test_exceptional_thread_without_error_returns() -> None:
+    results: list[int] = []
+    thread = toil_threading.ExceptionalThread(target=results.append, args=(7,))
+    thread.start()
+    thread.join()
+    assert results == [7]
