@@ -1,0 +1,75 @@
+/*
+ * LD_PRELOAD shim that makes flock(2) fail on chosen files, to test the
+ * EIO/ENOLCK/EINTR handling of toil_threading's cores against real processes.
+ *
+ *   FAULT_FLOCK_PATH   substring of the /proc/self/fd/N target of affected files
+ *   FAULT_FLOCK_ERRNO  errno to inject (e.g. 5 EIO, 37 ENOLCK, 4 EINTR, 12 ENOMEM)
+ *   FAULT_FLOCK_TIMES  lock requests that fail before the real flock runs; -1: all
+ *
+ * Build: cc -shared -fPIC -O2 -o libfaultinject.so faultinject.c -ldl
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+typedef int (*flock_fn)(int, int);
+
+/* Failures handed out so far; atomic so that threads locking at once share one budget. */
+static atomic_long injected;
+
+static flock_fn real_flock(void)
+{
+    /* Racing threads may both look it up; they store the same pointer. */
+    static _Atomic(flock_fn) real;
+    flock_fn fn = atomic_load(&real);
+    if (!fn) {
+        fn = (flock_fn)dlsym(RTLD_NEXT, "flock");
+        atomic_store(&real, fn);
+    }
+    return fn;
+}
+
+/* Only files named by the marker are touched, so the interpreter's own start is not. */
+static int targeted(int fd, const char *marker)
+{
+    char link[64], target[4096];
+    ssize_t n;
+    int saved = errno;
+
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    n = readlink(link, target, sizeof target - 1);
+    errno = saved;  /* a failed readlink must not leak its errno to the caller */
+    if (n < 0)
+        return 0;
+    target[n] = '\0';
+    return strstr(target, marker) != NULL;
+}
+
+int flock(int fd, int op)
+{
+    const char *marker = getenv("FAULT_FLOCK_PATH");
+    const char *code = getenv("FAULT_FLOCK_ERRNO");
+    const char *times_text = getenv("FAULT_FLOCK_TIMES");
+    flock_fn real = real_flock();
+
+    if (!real) {
+        errno = ENOSYS;
+        return -1;
+    }
+    /* Unlocks always go through: a test must be able to release what it got. */
+    if ((op & LOCK_UN) || !marker || !*marker || !code || !targeted(fd, marker))
+        return real(fd, op);
+
+    long times = times_text ? strtol(times_text, NULL, 10) : -1;
+    if (times < 0 || atomic_fetch_add(&injected, 1) < times) {
+        errno = atoi(code);
+        return -1;
+    }
+    return real(fd, op);
+}
