@@ -10,6 +10,7 @@ import logging
 
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memchr, strerror
+from os import urandom
 
 
 cdef extern from "Python.h":
@@ -27,14 +28,25 @@ cdef extern from "<errno.h>" nogil:
         ENOENT
         ENOTDIR
         ESTALE
+        EEXIST
+        ELOOP
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
     enum:
         O_CREAT
+        O_EXCL
+        O_RDONLY
+        O_RDWR
         O_WRONLY
         O_CLOEXEC
         O_NOFOLLOW
+        O_NONBLOCK
+        O_DIRECTORY
+        AT_FDCWD
+        AT_SYMLINK_NOFOLLOW
+    int openat(int dirfd, const char *path, int flags, ...)
+    int unlinkat(int dirfd, const char *path, int flags)
 
 cdef extern from "<sys/file.h>" nogil:
     int flock(int fd, int operation)
@@ -51,9 +63,11 @@ cdef extern from "<sys/stat.h>" nogil:
         dev_t st_dev
         ino_t st_ino
     int c_fstat "fstat"(int fd, stat *buf)
-    int c_stat "stat"(const char *path, stat *buf)
+    int fstatat(int dirfd, const char *path, stat *buf, int flags)
+    int mkdir(const char *path, unsigned int mode)
 
 cdef extern from "compat.h" nogil:
+    void clear_errno()
     struct statfs:
         long f_type
     int c_statfs "statfs"(const char *path, statfs *buf)
@@ -62,6 +76,15 @@ cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     int unlink(const char *path)
     int getpid()
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR
+    struct dirent:
+        char *d_name
+    DIR *fdopendir(int fd)
+    dirent *readdir(DIR *dir)
+    int closedir(DIR *dir)
+    int dirfd(DIR *dir)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -88,6 +111,17 @@ cdef enum Sameness:
     SAME
     GONE
     REPLACED
+
+# What a non-blocking shared lock says of a name or member file.
+cdef enum Liveness:
+    ALIVE    # its owner holds it
+    DEAD     # nobody held it: it has been removed
+    ABSENT   # no such file (or not a regular file of ours)
+
+# Names of name and member files, as tempfile.mkstemp makes them: "tmp" + 8 of these.
+cdef bytes NAME_CHARACTERS = b"abcdefghijklmnopqrstuvwxyz0123456789_"
+# How many names claim() tries before giving up, as tempfile does (TMP_MAX).
+cdef int CLAIM_TRIES = 10000
 
 
 def set_retry_policy(int max_tries, double backoff, double max_backoff):
@@ -222,15 +256,18 @@ def unlock_and_close(int fd):
         raise_errno(err, None)
 
 
-cdef Sameness compare(int fd, const char *path, int *err) noexcept nogil:
-    """Does path still name the file open at fd?  Sets err when it cannot tell."""
+cdef Sameness compare(int fd, int dir_fd, const char *path, int *err) noexcept nogil:
+    """Does path (relative to dir_fd) still name the file open at fd?
+
+    Sets err when it cannot tell; a symlink now at path is another file.
+    """
     cdef stat held, named
     err[0] = 0
     if c_fstat(fd, &held) != 0:
         if errno != ESTALE:
             err[0] = errno
         return GONE
-    if c_stat(path, &named) != 0:
+    if fstatat(dir_fd, path, &named, AT_SYMLINK_NOFOLLOW) != 0:
         if errno != ENOENT and errno != ESTALE:
             err[0] = errno
         return GONE
@@ -242,7 +279,7 @@ cdef Sameness compare(int fd, const char *path, int *err) noexcept nogil:
 def same_file(int fd, object path):
     cdef bytes encoded = encode_path(path)
     cdef int err
-    cdef Sameness result = compare(fd, encoded, &err)
+    cdef Sameness result = compare(fd, AT_FDCWD, encoded, &err)
     if err:
         raise_errno(err, path)
     return result == SAME
@@ -261,7 +298,7 @@ cdef bytes join(object base_dir, object filename):
 
 
 cdef str shown(object base_dir, object filename):
-    return f"{base_dir}/{filename}"
+    return filename if base_dir is None else f"{base_dir}/{filename}"
 
 
 def mutex_acquire(object base_dir, object filename, object timeout):
@@ -291,7 +328,7 @@ def mutex_acquire(object base_dir, object filename, object timeout):
         except BaseException:
             close(fd)
             raise
-        sameness = compare(fd, path, &err)
+        sameness = compare(fd, AT_FDCWD, path, &err)
         if sameness == SAME:
             return fd
         # The previous holder unlinked (or someone replaced) the file while we waited.
@@ -300,20 +337,142 @@ def mutex_acquire(object base_dir, object filename, object timeout):
             raise_errno(err, shown(base_dir, filename))
 
 
-def mutex_release(int fd, object base_dir, object filename):
-    """Unlink the mutex file if it is still ours, then unlock and close."""
+def release(int fd, object base_dir, object filename):
+    """Unlink the lock file if it is still ours, then unlock and close."""
     cdef bytes encoded = join(base_dir, filename)
     cdef int err = 0, unlink_err = 0
-    cdef Sameness sameness = compare(fd, encoded, &err)
+    cdef Sameness sameness = compare(fd, AT_FDCWD, encoded, &err)
     if sameness == SAME:
         if unlink(encoded) != 0:
             unlink_err = errno
     elif not err:
         logger.error(
-            "mutex file %s was %s while its lock was held (by pid %d): "
-            "something outside the mutex protocol touched it",
+            "lock file %s was %s while its lock was held (by pid %d): "
+            "something outside the locking protocol touched it",
             shown(base_dir, filename),
             "removed" if sameness == GONE else "replaced", getpid())
     unlock_and_close(fd)
     if err or unlink_err:
         raise_errno(err or unlink_err, shown(base_dir, filename))
+
+
+cdef Liveness probe(int dir_fd, bytes name, object directory) except *:
+    """Is the name or member file at name (relative to dir_fd) held by a live owner?
+
+    A file nobody holds belongs to a dead owner and is removed, but only while it is
+    still the file at that path.  directory only names the file in errors.
+    """
+    cdef int fd, err
+    cdef Sameness sameness
+    while True:
+        fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        if fd < 0:
+            err = errno
+            if err == EINTR:
+                check_signals()
+                continue
+            if err == ENOENT or err == ESTALE or err == ELOOP:
+                return ABSENT
+            raise_errno(err, shown(directory, readable(name)))
+        if flock(fd, LOCK_SH | LOCK_NB) != 0:
+            if errno == EAGAIN:
+                close(fd)
+                return ALIVE
+            try:  # not a plain "busy": the full policy (EINTR, EIO/ENOLCK retries)
+                lock_fd(fd, False, True, None, name)
+            except BlockingIOError:
+                close(fd)
+                return ALIVE
+            except BaseException:
+                close(fd)
+                raise
+        sameness = compare(fd, dir_fd, name, &err)
+        if sameness == SAME and unlinkat(dir_fd, name, 0) != 0 and errno != ENOENT:
+            err = errno
+        unlock_and_close(fd)
+        if err:
+            raise_errno(err, shown(directory, readable(name)))
+        if sameness != REPLACED:
+            return DEAD if sameness == SAME else ABSENT
+        # A new file took the name between our open and our check: look at that one.
+
+
+def name_alive(object base_dir, object name):
+    """Is the process name (file name in base_dir) held by a live process?"""
+    return probe(AT_FDCWD, join(base_dir, name), None) == ALIVE
+
+
+def claim(object directory, bint make_directory):
+    """Create and exclusively lock a fresh mkstemp-style file in directory.
+
+    Returns (descriptor, file name).  The file is verified to be still at its path once
+    locked: a poller may take a dead-looking new file for a dead one and remove it.
+    """
+    cdef bytes encoded_dir = encode_path(directory)
+    cdef bytes name, path
+    cdef int fd, err, attempt
+    cdef Sameness sameness
+    if make_directory and mkdir(encoded_dir, 0o777) != 0 and errno != EEXIST:
+        raise_errno(errno, directory)
+    for attempt in range(CLAIM_TRIES):
+        name = b"tmp" + bytes([NAME_CHARACTERS[byte % 37] for byte in urandom(8)])
+        path = encoded_dir + b"/" + name
+        fd = c_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        if fd < 0:
+            err = errno
+            if err == EINTR:
+                check_signals()
+            elif err != EEXIST and err != ESTALE:
+                raise_errno(err, directory)
+            continue
+        try:
+            lock_fd(fd, False, False, None, path)
+        except BlockingIOError:
+            close(fd)  # a poller is looking at it, and will remove it
+            continue
+        except BaseException:
+            close(fd)
+            raise
+        sameness = compare(fd, AT_FDCWD, path, &err)
+        if sameness == SAME:
+            return fd, name.decode()
+        close(fd)
+        if err:
+            raise_errno(err, directory)
+    raise FileExistsError(EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory)
+
+
+def arena_scan(object directory):
+    """Remove dead members of an arena; True if no live member is left.
+
+    Stops at the first live member.  A missing directory has no members.
+    """
+    cdef bytes encoded = encode_path(directory)
+    cdef int dir_fd
+    cdef DIR *listing
+    cdef dirent *entry
+    cdef bytes name
+    dir_fd = c_open(encoded, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if dir_fd < 0:
+        if errno == ENOENT:
+            return True
+        raise_errno(errno, directory)
+    listing = fdopendir(dir_fd)
+    if listing == NULL:
+        close(dir_fd)
+        raise_errno(errno, directory)
+    try:
+        while True:
+            clear_errno()  # readdir says "error" only through errno
+            entry = readdir(listing)
+            if entry == NULL:
+                if errno:
+                    raise_errno(errno, directory)
+                return True
+            if entry.d_name[0] == b'.':
+                continue
+            name = entry.d_name
+            if probe(dir_fd, name, directory) == ALIVE:
+                return False
+    finally:
+        closedir(listing)

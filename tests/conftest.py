@@ -108,3 +108,34 @@ def shm_dir() -> Iterator[Path]:
         pytest.skip("no /dev/shm on this machine")
     with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="toil-threading-test-") as name:
         yield Path(name)
+
+
+@pytest.fixture(scope="session")
+def toil_python() -> str:
+    """An interpreter that can import Toil's own toil.lib.threading, for interop tests.
+
+    TOIL_THREADING_TOIL_PYTHON names one (Toil is never a dependency of this package);
+    otherwise this interpreter, if Toil happens to be installed in it.
+    """
+    candidates = [os.environ.get("TOIL_THREADING_TOIL_PYTHON", ""), sys.executable]
+    for python in filter(None, candidates):
+        probe = subprocess.run(
+            [python, "-I", "-c", "import toil.lib.threading"], capture_output=True, cwd="/"
+        )
+        if probe.returncode == 0:
+            return python
+    reason = "Toil is not importable: set TOIL_THREADING_TOIL_PYTHON to a Python with toil"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI installs it, so this must not be skipped there)")
+    pytest.skip(reason)
+
+
+def run_toil(toil_python: str, code: str, **popen: object) -> subprocess.Popen[str]:
+    """Start code under Toil's own implementation, which `import toil_threading` gets."""
+    prelude = "import sys, toil.lib.threading\nsys.modules['toil_threading'] = toil.lib.threading\n"
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        [toil_python, "-I", "-c", prelude + code],
+        cwd="/",
+        text=True,
+        **popen,
+    )

@@ -8,11 +8,13 @@ twin otherwise.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, NamedTuple, Union
 
@@ -21,12 +23,19 @@ from ._impl import core as _core
 __all__ = [
     "ACCELERATED",
     "ExceptionalThread",
+    "LastProcessStandingArena",
     "LockRetryPolicy",
+    "collect_process_name_garbage",
+    "current_process_name_for",
+    "current_process_name_lock",
+    "destroy_all_process_names",
     "ensure_filesystem_lockable",
+    "get_process_name",
     "global_mutex",
     "lock_retry_policy",
     "locked_file_is",
     "logger",
+    "process_name_exists",
     "safe_lock",
     "safe_unlock_and_close",
     "set_lock_retry_policy",
@@ -225,7 +234,7 @@ class _HeldMutex:
         traceback: TracebackType | None,
     ) -> None:
         fd, self._fd = self._fd, -1
-        _core.mutex_release(fd, self._base_dir, self._filename)
+        _core.release(fd, self._base_dir, self._filename)
 
 
 def global_mutex(base_dir: StrPath, mutex: str, *, timeout: float | None = None) -> _HeldMutex:
@@ -240,6 +249,160 @@ def global_mutex(base_dir: StrPath, mutex: str, *, timeout: float | None = None)
     _check_name(mutex, "mutex name", len(_MUTEX_PREFIX))
     _check_timeout(timeout)
     return _HeldMutex(base_dir, _MUTEX_PREFIX + mutex, timeout)
+
+
+# Process names: a name is a locked file in base_dir; it exists while its file is locked.
+
+#: Guards current_process_name_for (and the descriptors behind it).
+current_process_name_lock = threading.Lock()
+#: This process's name in each base directory it has asked about.
+current_process_name_for: dict[str, str] = {}
+# The locked descriptor behind each name, by base directory.
+_name_fds: dict[str, int] = {}
+
+
+def _forget_names(close: bool) -> None:
+    """Drop every name of this process; close (never unlock) their descriptors if asked.
+
+    Closing only drops this process's reference: a forked child closing its copies
+    leaves the parent's locks, and so the parent's names, alive.
+    """
+    for fd in _name_fds.values():
+        if close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _name_fds.clear()
+    current_process_name_for.clear()
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by a thread that does not exist in the child.
+    current_process_name_lock._at_fork_reinit()  # type: ignore[attr-defined]
+    _forget_names(close=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def collect_process_name_garbage() -> None:
+    """Forget the names whose files are gone (their directory was cleaned up).
+
+    Caller must hold current_process_name_lock.
+    """
+    for base_dir, name in list(current_process_name_for.items()):
+        if not os.path.exists(os.path.join(base_dir, name)):
+            del current_process_name_for[base_dir]
+            fd = _name_fds.pop(base_dir, -1)
+            if fd >= 0:
+                os.close(fd)
+
+
+def destroy_all_process_names() -> None:
+    """Delete this process's name files because the process is going away.
+
+    Registered to run at exit.  Assumes nobody else in this process races with it.
+    """
+    for base_dir, name in list(current_process_name_for.items()):
+        try:
+            os.unlink(os.path.join(base_dir, name))
+        except OSError:
+            pass
+    _forget_names(close=True)
+
+
+atexit.register(destroy_all_process_names)
+
+
+def get_process_name(base_dir: StrPath) -> str:
+    """The name of this process in base_dir: like a PID, but visible across containers.
+
+    :param base_dir: Base directory to work in. Defines the shared namespace.
+    :returns: the process's name there, the same on every call from this process.
+    """
+    base_dir = os.fspath(base_dir)
+    with current_process_name_lock:
+        collect_process_name_garbage()
+        name = current_process_name_for.get(base_dir)
+        if name is None:
+            fd, name = _core.claim(base_dir, False)
+            _name_fds[base_dir] = fd
+            current_process_name_for[base_dir] = name
+        return name
+
+
+def process_name_exists(base_dir: StrPath, name: str) -> bool:
+    """True if the process named name (from get_process_name) in base_dir is alive.
+
+    Sees across container boundaries that share base_dir.  A dead process's name file
+    is removed.
+    """
+    base_dir = os.fspath(base_dir)
+    _check_name(name, "process name", 0)
+    return bool(_core.name_alive(base_dir, name))
+
+
+class LastProcessStandingArena:
+    """Lets a group of processes elect the last one standing to clean up.
+
+    Processes enter and leave, some by dying suddenly.  The last process to leave
+    properly gets to do the cleanup; processes entering meanwhile wait until it is done
+    and that process has finished leaving.  Always leave after entering (try/finally):
+    this is not a context manager.
+
+    On disk: members are locked files in ``base_dir/<name>-arena-members/``; entering
+    and leaving are serialised by the mutex ``<name>-arena-lock`` in base_dir.
+    """
+
+    def __init__(self, base_dir: StrPath, name: str) -> None:
+        base_dir = os.fspath(base_dir)
+        _check_name(name, "arena name", len(_MUTEX_PREFIX) + len("-arena-members"))
+        self.base_dir = base_dir
+        self.name = name
+        self.mutex = name + "-arena-lock"
+        self.lockfileDir = os.path.join(base_dir, name + "-arena-members")
+        self.lockfileFD: int | None = None
+        self.lockfileName: str | None = None
+
+    def enter(self, *, timeout: float | None = None) -> None:
+        """Enter the arena; if cleanup is under way, wait until it is finished.
+
+        You may not enter again before leaving.  With ``timeout`` (seconds) on the wait
+        for the arena's mutex, TimeoutError if not had in time.
+        """
+        if self.lockfileFD is not None:
+            raise RuntimeError(f"this process is already in the arena {self.name!r}")
+        with global_mutex(self.base_dir, self.mutex, timeout=timeout):
+            try:
+                self.lockfileFD, self.lockfileName = _core.claim(self.lockfileDir, True)
+            except OSError as error:
+                raise RuntimeError(f"could not join the arena in {self.lockfileDir}: {error}") from error
+
+    def leave(self) -> Iterator[bool]:
+        """Leave the arena; yields once if this process is the last one standing.
+
+        The loop body runs while the arena's mutex is held, so nobody enters before the
+        cleanup is done::
+
+            for _ in arena.leave():
+                ...  # we were the last process: clean up
+        """
+        if self.lockfileFD is None or self.lockfileName is None:
+            raise RuntimeError(f"this process is not in the arena {self.name!r}")
+        with global_mutex(self.base_dir, self.mutex):
+            fd, name = self.lockfileFD, self.lockfileName
+            self.lockfileFD = self.lockfileName = None
+            _core.release(fd, self.lockfileDir, name)
+            if _core.arena_scan(self.lockfileDir):
+                yield True
+                try:
+                    os.rmdir(self.lockfileDir)
+                except FileNotFoundError:
+                    pass
+                except OSError as error:
+                    logger.warning("could not remove the arena directory %s: %s", self.lockfileDir, error)
 
 
 class ExceptionalThread(threading.Thread):

@@ -26,6 +26,13 @@ _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 _RETRIED = (errno.EIO, errno.ENOLCK)
 _VANISHED = (errno.ENOENT, errno.ESTALE)
 _MUTEX_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_CLAIM_FLAGS = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+# Names of name and member files, as tempfile.mkstemp makes them: "tmp" + 8 of these.
+NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+# How many names claim() tries before giving up, as tempfile does (TMP_MAX).
+CLAIM_TRIES = 10000
 
 
 def set_retry_policy(max_tries: int, backoff: float, max_backoff: float) -> None:
@@ -103,10 +110,13 @@ def unlock_and_close(fd: int) -> None:
 
 
 def _is_same(fd: int, path: str) -> bool | None:
-    """True if path names the file open at fd, False if another file, None if nothing."""
+    """True if path names the file open at fd, False if another file, None if nothing.
+
+    A symlink now at path is another file.
+    """
     try:
         held = os.fstat(fd)
-        named = os.stat(path)
+        named = os.stat(path, follow_symlinks=False)
     except OSError as error:
         if error.errno in _VANISHED:
             return None
@@ -176,7 +186,7 @@ def mutex_acquire(base_dir: str, filename: str, timeout: float | None) -> int:
         os.close(fd)
 
 
-def mutex_release(fd: int, base_dir: str, filename: str) -> None:
+def release(fd: int, base_dir: str, filename: str) -> None:
     path = f"{base_dir}/{filename}"
     try:
         sameness = _is_same(fd, path)
@@ -184,8 +194,88 @@ def mutex_release(fd: int, base_dir: str, filename: str) -> None:
             os.unlink(path)
         else:
             logger.error(
-                "mutex file %s was %s while its lock was held (by pid %d): "
-                "something outside the mutex protocol touched it",
+                "lock file %s was %s while its lock was held (by pid %d): "
+                "something outside the locking protocol touched it",
                 path, "removed" if sameness is None else "replaced", os.getpid())
     finally:
         unlock_and_close(fd)
+
+
+def _probe(path: str) -> bool | None:
+    """Is the name or member file at path held by a live owner (True)?
+
+    A file nobody holds belongs to a dead owner and is removed, but only while it is
+    still the file at that path (False); None when there is no such file.
+    """
+    while True:
+        try:
+            fd = os.open(path, _PROBE_FLAGS)
+        except OSError as error:
+            if error.errno in (*_VANISHED, errno.ELOOP):
+                return None
+            raise
+        try:
+            _lock_fd(fd, False, True, None, path)
+        except BlockingIOError:
+            os.close(fd)
+            return True
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            sameness = _is_same(fd, path)
+            if sameness:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        finally:
+            unlock_and_close(fd)
+        if sameness is not False:
+            return False if sameness else None
+        # A new file took the name between our open and our check: look at that one.
+
+
+def name_alive(base_dir: str, name: str) -> bool:
+    return bool(_probe(f"{base_dir}/{name}"))
+
+
+def claim(directory: str, make_directory: bool) -> tuple[int, str]:
+    if make_directory:
+        try:
+            os.mkdir(directory, 0o777)
+        except FileExistsError:
+            pass
+    for _ in range(CLAIM_TRIES):
+        name = "tmp" + "".join(NAME_CHARACTERS[byte % 37] for byte in os.urandom(8))
+        path = f"{directory}/{name}"
+        try:
+            fd = os.open(path, _CLAIM_FLAGS, 0o600)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ESTALE):
+                continue
+            raise OSError(error.errno, error.strerror, directory) from None
+        try:
+            _lock_fd(fd, False, False, None, path)
+            if _is_same(fd, path):
+                return fd, name
+        except BlockingIOError:
+            pass  # a poller is looking at it, and will remove it
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise FileExistsError(
+        errno.EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory
+    )
+
+
+def arena_scan(directory: str) -> bool:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return True
+    for name in names:
+        if not name.startswith(".") and _probe(f"{directory}/{name}"):
+            return False
+    return True
