@@ -6,8 +6,6 @@ waits run without the GIL; an interrupted wait runs the Python signal handlers a
 goes on unless one of them raised (so Ctrl-C gives KeyboardInterrupt promptly).
 """
 
-import logging
-
 from cpython.exc cimport PyErr_CheckSignals
 from libc.string cimport memchr, strerror
 from os import urandom
@@ -96,7 +94,10 @@ cdef extern from "<time.h>" nogil:
     int nanosleep(const timespec *request, timespec *remaining)
 
 
-logger = logging.getLogger("toil_threading")
+def _log(str level, str message, *args):
+    # logging is imported only when something is worth saying: it costs milliseconds.
+    import logging
+    getattr(logging.getLogger("toil_threading"), level)(message, *args)
 
 # The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
 cdef int policy_max_tries = 10
@@ -222,7 +223,7 @@ cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) 
         if err == EIO or err == ENOLCK:
             failures += 1
             if failures < policy_max_tries:
-                logger.error(
+                _log("error",
                     "flock on %s failed with %s (try %d of %d); retrying in %g s",
                     readable(path) or f"fd {fd}", strerror(err).decode(), failures,
                     policy_max_tries, backoff)
@@ -234,7 +235,7 @@ cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) 
                 pause(backoff)
                 backoff = backoff * 2 if backoff * 2 < policy_max_backoff else policy_max_backoff
                 continue
-            logger.critical(
+            _log("critical",
                 "giving up on flock of %s after %d tries: %s. %s",
                 readable(path) or f"fd {fd}", failures, strerror(err).decode(),
                 "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
@@ -346,7 +347,7 @@ def release(int fd, object base_dir, object filename):
         if unlink(encoded) != 0:
             unlink_err = errno
     elif not err:
-        logger.error(
+        _log("error",
             "lock file %s was %s while its lock was held (by pid %d): "
             "something outside the locking protocol touched it",
             shown(base_dir, filename),
@@ -476,3 +477,7 @@ def arena_scan(object directory):
                 return False
     finally:
         closedir(listing)
+
+
+# The cgroup and affinity walk: the pure core imports the same source.
+include "../toil_threading/_cgroups.py"

@@ -67,7 +67,7 @@ def crossing(module: object) -> dict[str, inspect.Signature]:
         name: inspect.signature(value)
         for name, value in vars(module).items()
         if callable(value) and not name.startswith("_") and not isinstance(value, type)
-        and getattr(value, "__module__", None) == getattr(module, "__name__", None)
+        and str(getattr(value, "__module__", "")).startswith("toil_threading.")
     }
 
 

@@ -8,31 +8,47 @@ twin otherwise.
 
 from __future__ import annotations
 
+# Importing this package must stay cheap (a fresh interpreter calling cpu_count() should
+# cost little more than a bare one), so nothing here imports typing, logging, threading
+# or collections at import time: logging and ExceptionalThread load on first use.
+import _thread
 import atexit
-import logging
-import math
 import os
 import sys
-import threading
-from collections.abc import Iterator
-from types import TracebackType
-from typing import Any, NamedTuple, Union
 
 from ._impl import core as _core
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Iterator
+    from types import ModuleType, TracebackType
+    from typing import Union
+
+    from ._exceptional import ExceptionalThread
+
+    StrPath = Union[str, os.PathLike[str]]
+    logger: logging.Logger
+
 __all__ = [
     "ACCELERATED",
+    "CpuCount",
+    "CpuLimit",
     "ExceptionalThread",
     "LastProcessStandingArena",
     "LockRetryPolicy",
     "collect_process_name_garbage",
+    "cpu_count",
     "current_process_name_for",
     "current_process_name_lock",
     "destroy_all_process_names",
     "ensure_filesystem_lockable",
+    "explain_cpu_count",
     "get_process_name",
     "global_mutex",
     "lock_retry_policy",
+    "parse_quota_cgroups1",
+    "parse_quota_cgroups2",
     "locked_file_is",
     "logger",
     "process_name_exists",
@@ -41,9 +57,35 @@ __all__ = [
     "set_lock_retry_policy",
 ]
 
-StrPath = Union[str, "os.PathLike[str]"]
+LOGGER_NAME = "toil_threading"
 
-logger = logging.getLogger("toil_threading")
+
+def _get_logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
+
+
+def _debug_enabled() -> bool:
+    # Before anything imports logging, nothing can be listening for debug records.
+    return "logging" in sys.modules and _get_logger().isEnabledFor(10)  # logging.DEBUG
+
+
+def __getattr__(name: str) -> object:
+    # `logger` and `ExceptionalThread` are made on first use; see the imports above.
+    value: object
+    if name == "logger":
+        value = _get_logger()
+    elif name == "ExceptionalThread":
+        from ._exceptional import ExceptionalThread as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"logger", "ExceptionalThread"})
 
 #: True when the compiled core is in use, False for the pure-Python twin.
 ACCELERATED: bool = _core.__name__.endswith("_core_c")
@@ -73,12 +115,34 @@ _MUTEX_PREFIX = "toil-mutex-"
 _NAME_MAX = 255
 
 
-class LockRetryPolicy(NamedTuple):
-    """How EIO and ENOLCK from flock are retried: Toil's policy unless changed."""
+class LockRetryPolicy(tuple):  # type: ignore[type-arg]
+    """(max_tries, backoff, max_backoff): how EIO and ENOLCK from flock are retried.
 
-    max_tries: int
-    backoff: float
-    max_backoff: float
+    A plain tuple with names, not a NamedTuple: typing is too slow to import here.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, max_tries: int, backoff: float, max_backoff: float) -> LockRetryPolicy:
+        return tuple.__new__(cls, (max_tries, backoff, max_backoff))
+
+    @property
+    def max_tries(self) -> int:
+        """Attempts in all before giving up (at least 1)."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def backoff(self) -> float:
+        """First pause after a failure, in seconds; doubled after each one."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def max_backoff(self) -> float:
+        """Longest pause, in seconds."""
+        return self[2]  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"LockRetryPolicy(max_tries={self[0]!r}, backoff={self[1]!r}, max_backoff={self[2]!r})"
 
 
 def lock_retry_policy() -> LockRetryPolicy:
@@ -108,7 +172,7 @@ def set_lock_retry_policy(
     for field in ("backoff", "max_backoff"):
         value = getattr(new, field)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            0 <= value < math.inf
+            0 <= value < float("inf")
         ):
             raise ValueError(f"{field} must be a finite number of seconds >= 0, not {value!r}")
     _core.set_retry_policy(new.max_tries, float(new.backoff), float(new.max_backoff))
@@ -121,7 +185,7 @@ def _policy_from_environment() -> None:
         "backoff": ("TOIL_THREADING_LOCK_BACKOFF", float),
         "max_backoff": ("TOIL_THREADING_LOCK_MAX_BACKOFF", float),
     }
-    given: dict[str, Any] = {}
+    given: dict[str, int | float] = {}
     for field, (variable, kind) in settings.items():
         text = os.environ.get(variable)
         if text:
@@ -139,7 +203,7 @@ def _policy_from_environment() -> None:
 _policy_from_environment()
 
 
-def _use_core(module: Any) -> None:
+def _use_core(module: ModuleType) -> None:
     """Switch this process to the given core, keeping the retry policy (tests, benchmarks)."""
     global _core
     policy = lock_retry_policy()
@@ -200,8 +264,8 @@ def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | N
     if kind == _CEPH_MAGIC:
         message = f"Refusing to lock under {path}: flock on Ceph is known to hang or corrupt the MDS."
         raise RuntimeError(f"{message} {hint}" if hint else message)
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("%s is on a %s filesystem: locks are allowed there", path, _fs_name(kind))
+    if _debug_enabled():
+        _get_logger().debug("%s is on a %s filesystem: locks are allowed there", path, _fs_name(kind))
 
 
 def _fs_name(kind: int) -> str:
@@ -254,7 +318,7 @@ def global_mutex(base_dir: StrPath, mutex: str, *, timeout: float | None = None)
 # Process names: a name is a locked file in base_dir; it exists while its file is locked.
 
 #: Guards current_process_name_for (and the descriptors behind it).
-current_process_name_lock = threading.Lock()
+current_process_name_lock = _thread.allocate_lock()  # what threading.Lock() makes
 #: This process's name in each base directory it has asked about.
 current_process_name_for: dict[str, str] = {}
 # The locked descriptor behind each name, by base directory.
@@ -402,51 +466,109 @@ class LastProcessStandingArena:
                 except FileNotFoundError:
                     pass
                 except OSError as error:
-                    logger.warning("could not remove the arena directory %s: %s", self.lockfileDir, error)
+                    _get_logger().warning("could not remove the arena directory %s: %s", self.lockfileDir, error)
 
 
-class ExceptionalThread(threading.Thread):
-    """A thread whose join() re-raises what run() raised.
+# CPU count: the tightest of the machine, the affinity mask and every cgroup quota.
 
-    The exception is raised by the first join() that finds the thread finished; later
-    joins return normally, and a join() that times out raises nothing.  Subclasses
-    override tryRun() instead of run().
 
-    >>> def divide():
-    ...     return 1 // 0
-    >>> thread = ExceptionalThread(target=divide)
-    >>> thread.start()
-    >>> thread.join()
-    Traceback (most recent call last):
-    ...
-    ZeroDivisionError: integer division or modulo by zero
-    >>> thread.join()
-    >>> class Failing(ExceptionalThread):
-    ...     def tryRun(self):
-    ...         raise KeyError("missing")
-    >>> thread = Failing()
-    >>> thread.start()
-    >>> thread.join()
-    Traceback (most recent call last):
-    ...
-    KeyError: 'missing'
+class CpuLimit(tuple):  # type: ignore[type-arg]
+    """(source, cpus, detail): one limit on the CPUs this process may use.
+
+    ``cpus`` is None where the source sets no limit or could not be read.
     """
 
-    exc_info: tuple[type[BaseException], BaseException, TracebackType] | None = None
+    __slots__ = ()
 
-    def run(self) -> None:
-        try:
-            self.tryRun()
-        except BaseException:
-            self.exc_info = sys.exc_info()  # type: ignore[assignment]
-            raise
+    def __new__(cls, source: str, cpus: int | None, detail: str) -> CpuLimit:
+        return tuple.__new__(cls, (source, cpus, detail))
 
-    def tryRun(self) -> None:
-        super().run()
+    @property
+    def source(self) -> str:
+        """"machine", "affinity", "cgroup v1", "cgroup v2" or "cgroup"."""
+        return self[0]  # type: ignore[no-any-return]
 
-    def join(self, *args: Any, **kwargs: Any) -> None:
-        super().join(*args, **kwargs)
-        if not self.is_alive() and self.exc_info is not None:
-            _, error, traceback = self.exc_info
-            self.exc_info = None
-            raise error.with_traceback(traceback)
+    @property
+    def cpus(self) -> int | None:
+        """Whole CPUs allowed (rounded up), or None for no limit."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def detail(self) -> str:
+        """Where the figure came from, for people."""
+        return self[2]  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"CpuLimit(source={self[0]!r}, cpus={self[1]!r}, detail={self[2]!r})"
+
+
+class CpuCount(tuple):  # type: ignore[type-arg]
+    """(count, limits): what cpu_count() answers and every limit it considered."""
+
+    __slots__ = ()
+
+    def __new__(cls, count: int, limits: list[CpuLimit]) -> CpuCount:
+        return tuple.__new__(cls, (count, limits))
+
+    @property
+    def count(self) -> int:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def limits(self) -> list[CpuLimit]:
+        return self[1]  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"CpuCount(count={self[0]!r}, limits={self[1]!r})"
+
+
+def explain_cpu_count(root: StrPath = "/") -> CpuCount:
+    """Work out the CPU count afresh and say why: each limit considered, and the answer.
+
+    The answer is the smallest limit found (online CPUs, affinity mask, the CPU quota of
+    this process's cgroup and of each ancestor, v1 and v2), at least 1.  ``root`` is
+    where /proc and the cgroup mounts are looked for: "/" except in tests.
+    """
+    limits = [CpuLimit(*limit) for limit in _core.cpu_limits(os.fspath(root))]
+    found = [limit.cpus for limit in limits if limit.cpus is not None]
+    return CpuCount(max(1, min(found)) if found else (os.cpu_count() or 1), limits)
+
+
+_cpu_count: int | None = None
+
+
+def cpu_count() -> int:
+    """Get the rounded-up integer number of whole CPUs available.
+
+    Counts hyperthreads as CPUs.  The smallest of the machine's online CPUs, this
+    process's affinity mask and the CPU quota (cgroup v1 or v2) of the cgroup this
+    process is in and of every ancestor.  Ignores cpu shares, which cannot be turned into
+    a count.  Cached after the first call; at least 1.
+    """
+    global _cpu_count
+    if _cpu_count is None:
+        answer = explain_cpu_count()
+        if _debug_enabled():
+            for limit in answer.limits:
+                _get_logger().debug("cpu_count: %s: %s", limit.source, limit.detail)
+        _cpu_count = answer.count
+    return _cpu_count
+
+
+def parse_quota_cgroups1(
+    quota_file: StrPath = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    period_file: StrPath = "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+) -> tuple[int, int]:
+    """(quota, period) in microseconds from cgroup v1 files; a quota of -1 means none.
+
+    Raises FileNotFoundError if a file is missing, ValueError if one is malformed.
+    """
+    return _core.parse_quota_v1(os.fspath(quota_file), os.fspath(period_file))  # type: ignore[no-any-return]
+
+
+def parse_quota_cgroups2(file: StrPath = "/sys/fs/cgroup/cpu.max") -> tuple[int, int]:
+    """(quota, period) in microseconds from a cgroup v2 cpu.max; "max" is returned as -1.
+
+    Raises FileNotFoundError if the file is missing, ValueError if it is malformed.
+    """
+    return _core.parse_quota_v2(os.fspath(file))  # type: ignore[no-any-return]

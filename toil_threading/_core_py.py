@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import sys
 import time
 
-logger = logging.getLogger("toil_threading")
+# The cgroup and affinity walk: the compiled core includes the same source.
+from ._cgroups import cpu_limits as cpu_limits
+from ._cgroups import parse_quota_v1 as parse_quota_v1
+from ._cgroups import parse_quota_v2 as parse_quota_v2
+
+
+def _log(level: str, message: str, *args: object) -> None:
+    # logging is imported only when something is worth saying: it costs milliseconds.
+    import logging
+
+    getattr(logging.getLogger("toil_threading"), level)(message, *args)
 
 # The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
 _policy = (10, 1.0, 60.0)
@@ -74,7 +83,7 @@ def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: s
             if err in _RETRIED:
                 failures += 1
                 if failures < max_tries:
-                    logger.error(
+                    _log("error",
                         "flock on %s failed with %s (try %d of %d); retrying in %g s",
                         where, os.strerror(err), failures, max_tries, backoff)
                     if deadline is not None and left < backoff:
@@ -85,7 +94,7 @@ def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: s
                     time.sleep(backoff)
                     backoff = min(backoff * 2, max_backoff)
                     continue
-                logger.critical(
+                _log("critical",
                     "giving up on flock of %s after %d tries: %s. %s",
                     where, failures, os.strerror(err),
                     "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
@@ -193,7 +202,7 @@ def release(fd: int, base_dir: str, filename: str) -> None:
         if sameness:
             os.unlink(path)
         else:
-            logger.error(
+            _log("error",
                 "lock file %s was %s while its lock was held (by pid %d): "
                 "something outside the locking protocol touched it",
                 path, "removed" if sameness is None else "replaced", os.getpid())

@@ -1,9 +1,13 @@
 """Choose the core: compiled where it can be, the pure-Python twin otherwise."""
 
+from __future__ import annotations
+
 import os
 import sys
-import warnings
-from types import ModuleType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
 
 NO_EXTENSIONS = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
 
@@ -15,6 +19,8 @@ def choose_core() -> ModuleType:
 
             return _core_c
         except ImportError as error:
+            import warnings
+
             warnings.warn(
                 f"toil_threading is using its slower pure-Python core: the compiled core "
                 f"did not import ({error}). Reinstall with a C compiler for speed, or set "
