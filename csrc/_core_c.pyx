@@ -357,10 +357,11 @@ def release(int fd, object base_dir, object filename):
         raise_errno(err or unlink_err, shown(base_dir, filename))
 
 
-cdef Liveness probe(int dir_fd, bytes name, object directory) except *:
-    """Is the name or member file at name (relative to dir_fd) held by a live owner?
+cdef Liveness probe(int dir_fd, bytes name, object directory, bint remove_dead) except *:
+    """Is the file at name (relative to dir_fd) held by a live owner?
 
-    A file nobody holds belongs to a dead owner and is removed, but only while it is
+    Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
+    file nobody holds belongs to a dead owner and is removed, but only while it is
     still the file at that path.  directory only names the file in errors.
     """
     cdef int fd, err
@@ -387,6 +388,9 @@ cdef Liveness probe(int dir_fd, bytes name, object directory) except *:
             except BaseException:
                 close(fd)
                 raise
+        if not remove_dead:
+            unlock_and_close(fd)
+            return DEAD
         sameness = compare(fd, dir_fd, name, &err)
         if sameness == SAME and unlinkat(dir_fd, name, 0) != 0 and errno != ENOENT:
             err = errno
@@ -398,9 +402,13 @@ cdef Liveness probe(int dir_fd, bytes name, object directory) except *:
         # A new file took the name between our open and our check: look at that one.
 
 
-def name_alive(object base_dir, object name):
-    """Is the process name (file name in base_dir) held by a live process?"""
-    return probe(AT_FDCWD, join(base_dir, name), None) == ALIVE
+def held(object directory, object name, bint remove_dead):
+    """True if the file name in directory is locked, False if not, None if absent.
+
+    With remove_dead, a file found unlocked is removed (if still the one found).
+    """
+    cdef Liveness liveness = probe(AT_FDCWD, join(directory, name), None, remove_dead)
+    return None if liveness == ABSENT else liveness == ALIVE
 
 
 def claim(object directory, bint make_directory):
@@ -473,7 +481,7 @@ def arena_scan(object directory):
             if entry.d_name[0] == b'.':
                 continue
             name = entry.d_name
-            if probe(dir_fd, name, directory) == ALIVE:
+            if probe(dir_fd, name, directory, True) == ALIVE:
                 return False
     finally:
         closedir(listing)

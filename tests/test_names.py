@@ -262,3 +262,21 @@ def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_pyt
         for owner in (toil_owner, ours):
             owner.kill()
             owner.wait()
+
+
+def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak: None) -> None:
+    core_module = toil_threading._core
+    owner = python_with_core(core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        name = named_owner(owner)
+        assert core_module.held(str(shm_dir), name, False) is True
+        owner.kill()
+        owner.wait()
+        assert core_module.held(str(shm_dir), name, False) is False
+        assert (shm_dir / name).exists(), "a read-only probe removed a file"
+        assert core_module.held(str(shm_dir), name, True) is False
+        assert not (shm_dir / name).exists()
+        assert core_module.held(str(shm_dir), name, False) is None
+    finally:
+        owner.kill()
+        owner.wait()

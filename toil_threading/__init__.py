@@ -405,7 +405,7 @@ def process_name_exists(base_dir: StrPath, name: str) -> bool:
     """
     base_dir = os.fspath(base_dir)
     _check_name(name, "process name", 0)
-    return bool(_core.name_alive(base_dir, name))
+    return bool(_core.held(base_dir, name, True))
 
 
 class LastProcessStandingArena:

@@ -210,11 +210,12 @@ def release(fd: int, base_dir: str, filename: str) -> None:
         unlock_and_close(fd)
 
 
-def _probe(path: str) -> bool | None:
-    """Is the name or member file at path held by a live owner (True)?
+def _probe(path: str, remove_dead: bool) -> bool | None:
+    """Is the file at path held by a live owner (True, else False; None if absent)?
 
-    A file nobody holds belongs to a dead owner and is removed, but only while it is
-    still the file at that path (False); None when there is no such file.
+    Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
+    file nobody holds belongs to a dead owner and is removed, but only while it is
+    still the file at that path.
     """
     while True:
         try:
@@ -231,6 +232,9 @@ def _probe(path: str) -> bool | None:
         except BaseException:
             os.close(fd)
             raise
+        if not remove_dead:
+            unlock_and_close(fd)
+            return False
         try:
             sameness = _is_same(fd, path)
             if sameness:
@@ -245,8 +249,8 @@ def _probe(path: str) -> bool | None:
         # A new file took the name between our open and our check: look at that one.
 
 
-def name_alive(base_dir: str, name: str) -> bool:
-    return bool(_probe(f"{base_dir}/{name}"))
+def held(directory: str, name: str, remove_dead: bool) -> bool | None:
+    return _probe(f"{directory}/{name}", remove_dead)
 
 
 def claim(directory: str, make_directory: bool) -> tuple[int, str]:
@@ -285,6 +289,6 @@ def arena_scan(directory: str) -> bool:
     except FileNotFoundError:
         return True
     for name in names:
-        if not name.startswith(".") and _probe(f"{directory}/{name}"):
+        if not name.startswith(".") and _probe(f"{directory}/{name}", True):
             return False
     return True
