@@ -7,12 +7,16 @@ goes on unless one of them raised (so Ctrl-C gives KeyboardInterrupt promptly).
 """
 
 from cpython.exc cimport PyErr_CheckSignals
-from libc.string cimport memchr, strerror
+from libc.string cimport memchr, memcpy, strerror
 from os import urandom
+from sys import getfilesystemencoding, getfilesystemencodeerrors
 
 
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object text)
+    const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
+    bytes PyBytes_FromStringAndSize(const char *text, Py_ssize_t size)
+    char *PyBytes_AS_STRING(object data)
 
 
 cdef extern from "<errno.h>" nogil:
@@ -69,6 +73,7 @@ cdef extern from "compat.h" nogil:
     struct statfs:
         long f_type
     int c_statfs "statfs"(const char *path, statfs *buf)
+    int fstatfs(int fd, statfs *buf)
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
@@ -104,6 +109,11 @@ cdef int policy_max_tries = 10
 cdef double policy_backoff = 1.0
 cdef double policy_max_backoff = 60.0
 
+# statfs(2) f_type of Ceph, where flock is known to hang or break the MDS (linux/magic.h).
+cdef enum:
+    CEPH_MAGIC = 0x00C36400
+CEPH_SUPER_MAGIC = CEPH_MAGIC
+
 # Longest pause between two non-blocking tries of a lock wait that has a timeout.
 cdef double POLL_CAP = 0.01
 
@@ -118,6 +128,9 @@ cdef enum Liveness:
     ALIVE    # its owner holds it
     DEAD     # nobody held it: it has been removed
     ABSENT   # no such file (or not a regular file of ours)
+
+# Where the file-system encoding is UTF-8 (everywhere, nearly), paths need no encoding.
+cdef bint UTF8_PATHS = getfilesystemencoding() == "utf-8" and getfilesystemencodeerrors() == "surrogateescape"
 
 # Names of name and member files, as tempfile.mkstemp makes them: "tmp" + 8 of these.
 cdef bytes NAME_CHARACTERS = b"abcdefghijklmnopqrstuvwxyz0123456789_"
@@ -257,24 +270,27 @@ def unlock_and_close(int fd):
         raise_errno(err, None)
 
 
-cdef Sameness compare(int fd, int dir_fd, const char *path, int *err) noexcept nogil:
-    """Does path (relative to dir_fd) still name the file open at fd?
+cdef Sameness compare_ids(dev_t dev, ino_t ino, int dir_fd, const char *path, int *err) noexcept nogil:
+    """Does path (relative to dir_fd) still name the file with this device and inode?
 
     Sets err when it cannot tell; a symlink now at path is another file.
     """
-    cdef stat held, named
+    cdef stat named
     err[0] = 0
-    if c_fstat(fd, &held) != 0:
-        if errno != ESTALE:
-            err[0] = errno
-        return GONE
     if fstatat(dir_fd, path, &named, AT_SYMLINK_NOFOLLOW) != 0:
         if errno != ENOENT and errno != ESTALE:
             err[0] = errno
         return GONE
-    if held.st_dev == named.st_dev and held.st_ino == named.st_ino:
-        return SAME
-    return REPLACED
+    return SAME if named.st_dev == dev and named.st_ino == ino else REPLACED
+
+
+cdef Sameness compare(int fd, int dir_fd, const char *path, int *err) noexcept nogil:
+    """Does path (relative to dir_fd) still name the file open at fd?"""
+    cdef stat held
+    if c_fstat(fd, &held) != 0:
+        err[0] = errno if errno != ESTALE else 0
+        return GONE
+    return compare_ids(held.st_dev, held.st_ino, dir_fd, path, err)
 
 
 def same_file(int fd, object path):
@@ -295,47 +311,136 @@ def fs_type(object path):
 
 
 cdef bytes join(object base_dir, object filename):
-    return encode_path(base_dir) + b"/" + encode_path(filename)
+    """base_dir + "/" + filename in the file-system encoding, made in one allocation."""
+    cdef Py_ssize_t dir_size, name_size
+    cdef const char *dir_text
+    cdef const char *name_text
+    cdef bytes joined
+    cdef char *out
+    if not (UTF8_PATHS and type(base_dir) is str and type(filename) is str):
+        return encode_path(base_dir) + b"/" + encode_path(filename)
+    try:  # str keeps its UTF-8 form cached: usually no encoding work at all
+        dir_text = PyUnicode_AsUTF8AndSize(base_dir, &dir_size)
+        name_text = PyUnicode_AsUTF8AndSize(filename, &name_size)
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes of a path
+        return encode_path(base_dir) + b"/" + encode_path(filename)
+    joined = PyBytes_FromStringAndSize(NULL, dir_size + 1 + name_size)
+    out = PyBytes_AS_STRING(joined)
+    memcpy(out, dir_text, dir_size)
+    out[dir_size] = b"/"
+    memcpy(out + dir_size + 1, name_text, name_size)
+    if memchr(out, 0, dir_size + 1 + name_size) != NULL:
+        raise ValueError(f"embedded null byte in path {base_dir!r}/{filename!r}")
+    return joined
 
 
 cdef str shown(object base_dir, object filename):
     return filename if base_dir is None else f"{base_dir}/{filename}"
 
 
-def mutex_acquire(object base_dir, object filename, object timeout):
-    """Open, lock and verify the mutex file; returns the locked descriptor."""
-    cdef bytes encoded = join(base_dir, filename)
-    cdef const char *path = encoded
-    cdef object deadline = deadline_of(timeout)
-    cdef int fd, err
-    cdef Sameness sameness
-    while True:
-        fd = c_open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o666)
+cdef class HeldMutex:
+    """What global_mutex returns: a context manager holding the mutex file while entered.
+
+    refusal(base_dir) makes the exception raised when base_dir is on a filesystem
+    where locks are unsafe (checked on every acquisition, as Toil does).
+    """
+    cdef readonly object base_dir, filename
+    cdef object timeout, refusal
+    cdef bytes path
+    cdef int fd
+    cdef dev_t dev
+    cdef ino_t ino
+
+    def __init__(self, object base_dir, object filename, object timeout, object refusal):
+        self.base_dir, self.filename = base_dir, filename
+        self.timeout, self.refusal = timeout, refusal
+        self.path = join(base_dir, filename)
+        self.fd = -1
+
+    cdef str shown(self):
+        return shown(self.base_dir, self.filename)
+
+    cdef int acquire(self, object deadline) except -1:
+        """Open, lock and verify the mutex file; fills in the descriptor and identity.
+
+        The filesystem is checked on the open file, before any lock is taken: one
+        system call fewer than checking the directory first.  On a refused filesystem
+        an empty mutex file may be left behind; no lock is ever taken there.
+        """
+        cdef const char *path = self.path
+        cdef int fd, err
+        cdef stat info
+        cdef statfs filesystem
+        cdef Sameness sameness
+        while True:
+            fd = c_open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o666)
+            if fd < 0:
+                err = errno
+                if err == EINTR:
+                    check_signals()
+                    continue
+                if err == ESTALE:
+                    continue
+                raise_errno(err, self.base_dir if err == ENOENT or err == ENOTDIR else self.shown())
+            if fstatfs(fd, &filesystem) != 0:
+                err = errno
+                close(fd)
+                raise_errno(err, self.shown())
+            if filesystem.f_type == CEPH_MAGIC:
+                close(fd)
+                raise self.refusal(self.base_dir)
+            try:
+                lock_fd(fd, True, False, deadline, self.path)
+            except OSError as error:
+                close(fd)
+                if error.errno == ESTALE:
+                    continue
+                raise
+            except BaseException:
+                close(fd)
+                raise
+            err = 0
+            if c_fstat(fd, &info) != 0:
+                err = errno
+                sameness = GONE
+            else:
+                sameness = compare_ids(info.st_dev, info.st_ino, AT_FDCWD, path, &err)
+            if sameness == SAME:
+                self.fd, self.dev, self.ino = fd, info.st_dev, info.st_ino
+                return 0
+            # The previous holder unlinked (or someone replaced) the file while we waited.
+            close(fd)
+            if err and err != ESTALE:
+                raise_errno(err, self.shown())
+
+    def __enter__(self):
+        if self.fd >= 0:
+            raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
+        self.acquire(deadline_of(self.timeout))
+
+    def __exit__(self, exc_type, exc, traceback):
+        cdef int fd = self.fd
+        cdef int err = 0, unlink_err = 0
+        cdef Sameness sameness
         if fd < 0:
-            err = errno
-            if err == EINTR:
-                check_signals()
-                continue
-            if err == ESTALE:
-                continue
-            raise_errno(err, base_dir if err == ENOENT or err == ENOTDIR else shown(base_dir, filename))
-        try:
-            lock_fd(fd, True, False, deadline, encoded)
-        except OSError as error:
-            close(fd)
-            if error.errno == ESTALE:
-                continue
-            raise
-        except BaseException:
-            close(fd)
-            raise
-        sameness = compare(fd, AT_FDCWD, path, &err)
+            raise RuntimeError("this global_mutex() was not entered")
+        self.fd = -1
+        sameness = compare_ids(self.dev, self.ino, AT_FDCWD, self.path, &err)
         if sameness == SAME:
-            return fd
-        # The previous holder unlinked (or someone replaced) the file while we waited.
-        close(fd)
-        if err:
-            raise_errno(err, shown(base_dir, filename))
+            if unlink(self.path) != 0:
+                unlink_err = errno
+        elif not err:
+            log_lost_lock_file(self.shown(), sameness)
+        unlock_and_close(fd)
+        if err or unlink_err:
+            raise_errno(err or unlink_err, self.shown())
+
+
+cdef log_lost_lock_file(str path, Sameness sameness):
+    _log("error",
+        "lock file %s was %s while its lock was held (by pid %d): "
+        "something outside the locking protocol touched it",
+        path, "removed" if sameness == GONE else "replaced", getpid())
 
 
 def release(int fd, object base_dir, object filename):
@@ -347,11 +452,7 @@ def release(int fd, object base_dir, object filename):
         if unlink(encoded) != 0:
             unlink_err = errno
     elif not err:
-        _log("error",
-            "lock file %s was %s while its lock was held (by pid %d): "
-            "something outside the locking protocol touched it",
-            shown(base_dir, filename),
-            "removed" if sameness == GONE else "replaced", getpid())
+        log_lost_lock_file(shown(base_dir, filename), sameness)
     unlock_and_close(fd)
     if err or unlink_err:
         raise_errno(err or unlink_err, shown(base_dir, filename))

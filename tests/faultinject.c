@@ -5,6 +5,8 @@
  *   FAULT_FLOCK_PATH   substring of the /proc/self/fd/N target of affected files
  *   FAULT_FLOCK_ERRNO  errno to inject (e.g. 5 EIO, 37 ENOLCK, 4 EINTR, 12 ENOMEM)
  *   FAULT_FLOCK_TIMES  lock requests that fail before the real flock runs; -1: all
+ *   FAULT_FS_TYPE      if set, statfs/fstatfs of affected files report this f_type
+ *                      (e.g. 0xc36400, Ceph), to test refusals without that filesystem
  *
  * Build: cc -shared -fPIC -O2 -o libfaultinject.so faultinject.c -ldl
  */
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 typedef int (*flock_fn)(int, int);
@@ -72,4 +75,43 @@ int flock(int fd, int op)
         return -1;
     }
     return real(fd, op);
+}
+
+typedef int (*statfs_fn)(const char *, struct statfs *);
+typedef int (*fstatfs_fn)(int, struct statfs *);
+
+/* The real call's answer, with f_type replaced when the target is marked. */
+static int faked_type(int rc, int marked, struct statfs *buf)
+{
+    const char *type = getenv("FAULT_FS_TYPE");
+    if (rc == 0 && marked && type && *type)
+        buf->f_type = strtol(type, NULL, 0);
+    return rc;
+}
+
+/* Programs built with 64-bit file offsets call the *64 names; the shim answers both. */
+static int fake_statfs(const char *name, const char *path, struct statfs *buf)
+{
+    statfs_fn real = (statfs_fn)dlsym(RTLD_NEXT, name);
+    const char *marker = getenv("FAULT_FLOCK_PATH");
+    return faked_type(real(path, buf), marker && *marker && strstr(path, marker), buf);
+}
+
+static int fake_fstatfs(const char *name, int fd, struct statfs *buf)
+{
+    fstatfs_fn real = (fstatfs_fn)dlsym(RTLD_NEXT, name);
+    const char *marker = getenv("FAULT_FLOCK_PATH");
+    return faked_type(real(fd, buf), marker && *marker && targeted(fd, marker), buf);
+}
+
+int statfs(const char *path, struct statfs *buf) { return fake_statfs("statfs", path, buf); }
+int statfs64(const char *path, struct statfs64 *buf)
+{
+    /* f_type leads both structures, which is all the shim touches. */
+    return fake_statfs("statfs64", path, (struct statfs *)buf);
+}
+int fstatfs(int fd, struct statfs *buf) { return fake_fstatfs("fstatfs", fd, buf); }
+int fstatfs64(int fd, struct statfs64 *buf)
+{
+    return fake_fstatfs("fstatfs64", fd, (struct statfs *)buf);
 }

@@ -383,3 +383,33 @@ def test_timeout_cuts_backoff_short(
     assert outcome == "timeout", err
     assert 0.25 <= elapsed < 2, elapsed
     assert logged(err, "CRITICAL") == [], err
+
+
+def test_ceph_is_refused_before_any_lock(
+    core: str, faultlib: str, marker: str, tmp_path: Path
+) -> None:
+    # statfs/fstatfs report Ceph's magic for this directory: both the check alone and
+    # every global_mutex acquisition refuse, and flock is never called there.
+    base = tmp_path / marker
+    base.mkdir()
+    env = fault_env(faultlib, marker, errno.EIO, -1)  # any flock on it would fail loudly
+    env["FAULT_FS_TYPE"] = "0x00c36400"
+    code = f"""
+for attempt in (
+    lambda: toil_threading.ensure_filesystem_lockable({str(base)!r}, hint="try /scratch"),
+    lambda: toil_threading.global_mutex({str(base)!r}, "job").__enter__(),
+):
+    try:
+        attempt()
+        print("allowed")
+    except RuntimeError as error:
+        print("refused", "Ceph" in str(error), "try /scratch" in str(error) or "Use a directory" in str(error))
+print(sorted(os.listdir({str(base)!r})), len(os.listdir("/proc/self/fd")) < 64)
+"""
+    with spawn(core, code, env) as proc:
+        out, err = finish(proc)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[:2] == ["refused True True", "refused True True"], (out, err)
+    assert logged(err, "ERROR") == [], "flock was attempted on Ceph"
+    # An empty mutex file may be left (the check runs on the opened file), never locked.
+    assert out.splitlines()[2] in ("[] True", "['toil-mutex-job'] True")

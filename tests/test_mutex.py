@@ -314,17 +314,6 @@ def test_ensure_filesystem_lockable_missing_path(core: str, tmp_path: Path) -> N
         toil_threading.ensure_filesystem_lockable(tmp_path / "missing")
 
 
-def test_ceph_is_refused_with_the_hint(core: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # No Ceph here: stand in for statfs's answer, so only the facade's verdict is tested.
-    monkeypatch.setattr(toil_threading._core, "fs_type", lambda path: 0x00C36400)
-    with pytest.raises(RuntimeError, match="Ceph.*use the scratch disk"):
-        toil_threading.ensure_filesystem_lockable(tmp_path, hint="use the scratch disk")
-    with pytest.raises(RuntimeError, match="Ceph"):
-        with toil_threading.global_mutex(tmp_path, "m"):
-            pass
-    assert os.listdir(tmp_path) == []
-
-
 def test_ctrl_c_interrupts_a_blocked_wait_promptly(core: str, shm_dir: Path) -> None:
     with toil_threading.global_mutex(shm_dir, "m"):
         child = python_with_core(

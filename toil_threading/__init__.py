@@ -22,7 +22,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
     from collections.abc import Iterator
-    from types import ModuleType, TracebackType
+    from contextlib import AbstractContextManager
+    from types import ModuleType
     from typing import Union
 
     from ._exceptional import ExceptionalThread
@@ -91,7 +92,6 @@ def __dir__() -> list[str]:
 ACCELERATED: bool = _core.__name__.endswith("_core_c")
 
 # statfs(2) magic numbers of the filesystems named in logs and errors (linux/magic.h).
-_CEPH_MAGIC = 0x00C36400
 _FS_NAMES = {
     0x00C36400: "ceph",
     0x01021994: "tmpfs",
@@ -261,47 +261,29 @@ def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | N
     """
     path = os.fspath(path)
     kind = _core.fs_type(path)
-    if kind == _CEPH_MAGIC:
-        message = f"Refusing to lock under {path}: flock on Ceph is known to hang or corrupt the MDS."
-        raise RuntimeError(f"{message} {hint}" if hint else message)
+    if kind == _core.CEPH_SUPER_MAGIC:
+        raise _unlockable(path, hint)
     if _debug_enabled():
         _get_logger().debug("%s is on a %s filesystem: locks are allowed there", path, _fs_name(kind))
+
+
+def _unlockable(path: str, hint: str | None) -> RuntimeError:
+    message = f"Refusing to lock under {path}: flock on Ceph is known to hang or corrupt the MDS."
+    return RuntimeError(f"{message} {hint}" if hint else message)
+
+
+def _mutex_refusal(base_dir: str) -> RuntimeError:
+    """What global_mutex raises for a base_dir on Ceph (the cores check on each acquire)."""
+    return _unlockable(base_dir, "Use a directory on a local disk, tmpfs or NFS for the mutex.")
 
 
 def _fs_name(kind: int) -> str:
     return _FS_NAMES.get(kind & 0xFFFFFFFF, f"0x{kind & 0xFFFFFFFF:x}")
 
 
-class _HeldMutex:
-    """What global_mutex returns: a context manager holding the mutex while entered."""
-
-    __slots__ = ("_base_dir", "_filename", "_timeout", "_fd")
-
-    def __init__(self, base_dir: str, filename: str, timeout: float | None) -> None:
-        self._base_dir = base_dir
-        self._filename = filename
-        self._timeout = timeout
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        if self._fd >= 0:
-            raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        ensure_filesystem_lockable(
-            self._base_dir, hint="Use a directory on a local disk, tmpfs or NFS for the mutex."
-        )
-        self._fd = _core.mutex_acquire(self._base_dir, self._filename, self._timeout)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        fd, self._fd = self._fd, -1
-        _core.release(fd, self._base_dir, self._filename)
-
-
-def global_mutex(base_dir: StrPath, mutex: str, *, timeout: float | None = None) -> _HeldMutex:
+def global_mutex(
+    base_dir: StrPath, mutex: str, *, timeout: float | None = None
+) -> AbstractContextManager[None]:
     """Context manager that holds the named mutex, scoped to base_dir, while entered.
 
     Works between processes (including in different containers) that share base_dir;
@@ -312,7 +294,7 @@ def global_mutex(base_dir: StrPath, mutex: str, *, timeout: float | None = None)
     base_dir = os.fspath(base_dir)
     _check_name(mutex, "mutex name", len(_MUTEX_PREFIX))
     _check_timeout(timeout)
-    return _HeldMutex(base_dir, _MUTEX_PREFIX + mutex, timeout)
+    return _core.HeldMutex(base_dir, _MUTEX_PREFIX + mutex, timeout, _mutex_refusal)  # type: ignore[no-any-return]
 
 
 # Process names: a name is a locked file in base_dir; it exists while its file is locked.

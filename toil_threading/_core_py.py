@@ -13,6 +13,10 @@ import os
 import sys
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # The cgroup and affinity walk: the compiled core includes the same source.
 from ._cgroups import cpu_limits as cpu_limits
 from ._cgroups import parse_quota_v1 as parse_quota_v1
@@ -27,6 +31,9 @@ def _log(level: str, message: str, *args: object) -> None:
 
 # The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
 _policy = (10, 1.0, 60.0)
+
+# statfs(2) f_type of Ceph, where flock is known to hang or break the MDS (linux/magic.h).
+CEPH_SUPER_MAGIC = 0x00C36400
 
 # Longest pause between two non-blocking tries of a lock wait that has a timeout.
 POLL_CAP = 0.01
@@ -125,74 +132,150 @@ def _is_same(fd: int, path: str) -> bool | None:
     """
     try:
         held = os.fstat(fd)
-        named = os.stat(path, follow_symlinks=False)
     except OSError as error:
-        if error.errno in _VANISHED:
+        if error.errno == errno.ESTALE:
             return None
         raise
-    return held.st_dev == named.st_dev and held.st_ino == named.st_ino
+    found = _identity_at(path)
+    return None if found is None else found == (held.st_dev, held.st_ino)
 
 
 def same_file(fd: int, path: str) -> bool:
     return bool(_is_same(fd, path))
 
 
-_statfs = None
+_statfs_calls = None
 
 
-def _load_statfs():  # type: ignore[no-untyped-def]
+def _load_statfs_calls():  # type: ignore[no-untyped-def]
     import ctypes  # only when first needed: it costs milliseconds to import
 
-    call = ctypes.CDLL(None, use_errno=True).statfs
+    libc = ctypes.CDLL(None, use_errno=True)
 
-    def statfs_type(path: str) -> int:
+    def f_type(call, target, shown):  # type: ignore[no-untyped-def]
         # struct statfs opens with f_type, a C long, on every Linux ABI; 256 bytes hold it all.
         buffer = ctypes.create_string_buffer(256)
-        if call(os.fsencode(path), buffer) != 0:
+        if call(target, buffer) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
+            raise OSError(err, os.strerror(err), shown)
         return ctypes.c_long.from_buffer(buffer).value
 
-    return statfs_type
+    return (
+        lambda path: f_type(libc.statfs, os.fsencode(path), path),
+        lambda fd: f_type(libc.fstatfs, fd, None),
+    )
+
+
+def _f_type(target: str | int) -> int:
+    """statfs(2) (for a path) or fstatfs(2) (for a descriptor) f_type; 0 off Linux."""
+    global _statfs_calls
+    if not sys.platform.startswith("linux"):
+        if isinstance(target, str):
+            os.stat(target)  # the same errors for a missing path as on Linux
+        return 0
+    if _statfs_calls is None:
+        _statfs_calls = _load_statfs_calls()
+    return _statfs_calls[isinstance(target, int)](target)  # type: ignore[no-any-return]
 
 
 def fs_type(path: str) -> int:
     """The f_type of statfs(2) for path (0 where this platform does not give one)."""
-    global _statfs
-    if not sys.platform.startswith("linux"):
-        os.stat(path)  # the same errors for a missing path as on Linux
-        return 0
-    if _statfs is None:
-        _statfs = _load_statfs()
-    return _statfs(path)
+    return _f_type(path)
 
 
-def mutex_acquire(base_dir: str, filename: str, timeout: float | None) -> int:
-    path = f"{base_dir}/{filename}"
-    deadline = _deadline_of(timeout)
-    while True:
-        try:
-            fd = os.open(path, _MUTEX_FLAGS, 0o666)
-        except OSError as error:
-            if error.errno == errno.ESTALE:
-                continue
-            if error.errno in (errno.ENOENT, errno.ENOTDIR):
-                raise OSError(error.errno, error.strerror, base_dir) from None
-            raise
-        try:
-            _lock_fd(fd, True, False, deadline, path)
-            if _is_same(fd, path):
-                return fd
-        except OSError as error:
+class HeldMutex:
+    """What global_mutex returns: a context manager holding the mutex file while entered.
+
+    refusal(base_dir) makes the exception raised when base_dir is on a filesystem
+    where locks are unsafe (checked on every acquisition, as Toil does).
+    """
+
+    __slots__ = ("base_dir", "filename", "_timeout", "_refusal", "_path", "_fd", "_id")
+
+    def __init__(
+        self,
+        base_dir: str,
+        filename: str,
+        timeout: float | None,
+        refusal: Callable[[str], BaseException],
+    ) -> None:
+        self.base_dir, self.filename = base_dir, filename
+        self._timeout, self._refusal = timeout, refusal
+        self._path = f"{base_dir}/{filename}"
+        if "\0" in self._path:
+            raise ValueError(f"embedded null byte in path {self._path!r}")
+        self._fd = -1
+        self._id = (0, 0)
+
+    def _acquire(self, deadline: float | None) -> None:
+        """Open, lock and verify the mutex file; fills in the descriptor and identity."""
+        path = self._path
+        while True:
+            try:
+                fd = os.open(path, _MUTEX_FLAGS, 0o666)
+            except OSError as error:
+                if error.errno == errno.ESTALE:
+                    continue
+                if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                    raise OSError(error.errno, error.strerror, self.base_dir) from None
+                raise
+            try:
+                # Checked on the open file, before any lock: see the compiled twin.
+                if _f_type(fd) == CEPH_SUPER_MAGIC:
+                    raise self._refusal(self.base_dir)
+                _lock_fd(fd, True, False, deadline, path)
+                info = os.fstat(fd)
+                identity = (info.st_dev, info.st_ino)
+                if _identity_at(path) == identity:
+                    self._fd, self._id = fd, identity
+                    return
+            except OSError as error:
+                os.close(fd)
+                if error.errno == errno.ESTALE:
+                    continue
+                raise
+            except BaseException:
+                os.close(fd)
+                raise
+            # The previous holder unlinked (or someone replaced) the file while we waited.
             os.close(fd)
-            if error.errno == errno.ESTALE:
-                continue
-            raise
-        except BaseException:
-            os.close(fd)
-            raise
-        # The previous holder unlinked (or someone replaced) the file while we waited.
-        os.close(fd)
+
+    def __enter__(self) -> None:
+        if self._fd >= 0:
+            raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
+        self._acquire(_deadline_of(self._timeout))
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        fd = self._fd
+        if fd < 0:
+            raise RuntimeError("this global_mutex() was not entered")
+        self._fd = -1
+        try:
+            found = _identity_at(self._path)
+            if found == self._id:
+                os.unlink(self._path)
+            else:
+                _log_lost_lock_file(self._path, found)
+        finally:
+            unlock_and_close(fd)
+
+
+def _identity_at(path: str) -> tuple[int, int] | None:
+    """(device, inode) of what path names now (a symlink itself), None if nothing."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError as error:
+        if error.errno in _VANISHED:
+            return None
+        raise
+    return (info.st_dev, info.st_ino)
+
+
+def _log_lost_lock_file(path: str, found: object) -> None:
+    _log("error",
+        "lock file %s was %s while its lock was held (by pid %d): "
+        "something outside the locking protocol touched it",
+        path, "removed" if found is None else "replaced", os.getpid())
 
 
 def release(fd: int, base_dir: str, filename: str) -> None:
@@ -202,10 +285,7 @@ def release(fd: int, base_dir: str, filename: str) -> None:
         if sameness:
             os.unlink(path)
         else:
-            _log("error",
-                "lock file %s was %s while its lock was held (by pid %d): "
-                "something outside the locking protocol touched it",
-                path, "removed" if sameness is None else "replaced", os.getpid())
+            _log_lost_lock_file(path, sameness)
     finally:
         unlock_and_close(fd)
 
