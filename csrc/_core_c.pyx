@@ -64,6 +64,7 @@ cdef extern from "<sys/stat.h>" nogil:
     struct stat:
         dev_t st_dev
         ino_t st_ino
+        unsigned long st_nlink
     int c_fstat "fstat"(int fd, stat *buf)
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int mkdir(const char *path, unsigned int mode)
@@ -109,10 +110,12 @@ cdef int policy_max_tries = 10
 cdef double policy_backoff = 1.0
 cdef double policy_max_backoff = 60.0
 
-# statfs(2) f_type of Ceph, where flock is known to hang or break the MDS (linux/magic.h).
-cdef enum:
-    CEPH_MAGIC = 0x00C36400
-CEPH_SUPER_MAGIC = CEPH_MAGIC
+# The on-disk names and filesystem numbers, shared with the pure core and the facade.
+include "../toil_threading/_protocol.py"
+
+# Ceph, where flock is known to hang or break the MDS, as a C number for the hot path.
+cdef long CEPH_MAGIC = CEPH
+CEPH_SUPER_MAGIC = CEPH
 
 # Longest pause between two non-blocking tries of a lock wait that has a timeout.
 cdef double POLL_CAP = 0.01
@@ -132,8 +135,8 @@ cdef enum Liveness:
 # Where the file-system encoding is UTF-8 (everywhere, nearly), paths need no encoding.
 cdef bint UTF8_PATHS = getfilesystemencoding() == "utf-8" and getfilesystemencodeerrors() == "surrogateescape"
 
-# Names of name and member files, as tempfile.mkstemp makes them: "tmp" + 8 of these.
-cdef bytes NAME_CHARACTERS = b"abcdefghijklmnopqrstuvwxyz0123456789_"
+cdef bytes NAME_BYTES = NAME_CHARACTERS.encode()
+cdef bytes NAME_PREFIX_BYTES = NAME_PREFIX.encode()
 # How many names claim() tries before giving up, as tempfile does (TMP_MAX).
 cdef int CLAIM_TRIES = 10000
 
@@ -270,33 +273,78 @@ def unlock_and_close(int fd):
         raise_errno(err, None)
 
 
-cdef Sameness compare_ids(dev_t dev, ino_t ino, int dir_fd, const char *path, int *err) noexcept nogil:
+cdef Sameness compare_ids(
+    dev_t dev, ino_t ino, int dir_fd, const char *path, bint fresh, int *err
+) noexcept nogil:
     """Does path (relative to dir_fd) still name the file with this device and inode?
 
-    Sets err when it cannot tell; a symlink now at path is another file.
+    Sets err when it cannot tell; a symlink now at path is another file.  With fresh
+    (shared filesystems, whose caches may answer for a file already gone), the path is
+    opened anew, which the server resolves, instead of trusting stat(2).
     """
     cdef stat named
+    cdef int named_fd, rc
     err[0] = 0
-    if fstatat(dir_fd, path, &named, AT_SYMLINK_NOFOLLOW) != 0:
+    if fresh:
+        named_fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+        if named_fd < 0:
+            if errno == ELOOP:
+                return REPLACED
+            if errno != ENOENT and errno != ESTALE:
+                err[0] = errno
+            return GONE
+        rc = c_fstat(named_fd, &named)
+        if rc != 0 and errno != ESTALE:
+            err[0] = errno
+        close(named_fd)
+        if rc != 0:
+            return GONE
+    elif fstatat(dir_fd, path, &named, AT_SYMLINK_NOFOLLOW) != 0:
         if errno != ENOENT and errno != ESTALE:
             err[0] = errno
         return GONE
     return SAME if named.st_dev == dev and named.st_ino == ino else REPLACED
 
 
-cdef Sameness compare(int fd, int dir_fd, const char *path, int *err) noexcept nogil:
+cdef Sameness compare(int fd, int dir_fd, const char *path, bint fresh, int *err) noexcept nogil:
     """Does path (relative to dir_fd) still name the file open at fd?"""
     cdef stat held
+    err[0] = 0
     if c_fstat(fd, &held) != 0:
-        err[0] = errno if errno != ESTALE else 0
+        if errno != ESTALE:
+            err[0] = errno
         return GONE
-    return compare_ids(held.st_dev, held.st_ino, dir_fd, path, err)
+    if fresh and held.st_nlink == 0:
+        return GONE
+    return compare_ids(held.st_dev, held.st_ino, dir_fd, path, fresh, err)
+
+
+# Per directory: is it on a shared filesystem?  Decided once per process (a statfs).
+cdef dict shared_directories = {}
+
+
+cdef bint directory_exists(object directory) except -1:
+    """After ENOENT creating a file in it: was it the directory, or a stale cache entry?"""
+    cdef stat info
+    return fstatat(AT_FDCWD, encode_path(directory), &info, 0) == 0
+
+
+cdef bint on_shared_filesystem(object directory, const char *encoded) except -1:
+    cdef statfs info
+    found = shared_directories.get(directory)
+    if found is None:
+        if c_statfs(encoded, &info) != 0:
+            return False  # the operation itself will meet and report the problem
+        found = shared_directories[directory] = info.f_type in SHARED_FILESYSTEMS
+    return found
 
 
 def same_file(int fd, object path):
     cdef bytes encoded = encode_path(path)
     cdef int err
-    cdef Sameness result = compare(fd, AT_FDCWD, encoded, &err)
+    cdef statfs info
+    cdef bint fresh = fstatfs(fd, &info) == 0 and info.f_type in SHARED_FILESYSTEMS
+    cdef Sameness result = compare(fd, AT_FDCWD, encoded, fresh, &err)
     if err:
         raise_errno(err, path)
     return result == SAME
@@ -350,6 +398,7 @@ cdef class HeldMutex:
     cdef int fd
     cdef dev_t dev
     cdef ino_t ino
+    cdef bint fresh
 
     def __init__(self, object base_dir, object filename, object timeout, object refusal):
         self.base_dir, self.filename = base_dir, filename
@@ -379,8 +428,8 @@ cdef class HeldMutex:
                 if err == EINTR:
                     check_signals()
                     continue
-                if err == ESTALE:
-                    continue
+                if err == ESTALE or (err == ENOENT and directory_exists(self.base_dir)):
+                    continue  # another client changed the directory under our cache
                 raise_errno(err, self.base_dir if err == ENOENT or err == ENOTDIR else self.shown())
             if fstatfs(fd, &filesystem) != 0:
                 err = errno
@@ -389,11 +438,12 @@ cdef class HeldMutex:
             if filesystem.f_type == CEPH_MAGIC:
                 close(fd)
                 raise self.refusal(self.base_dir)
+            self.fresh = filesystem.f_type in SHARED_FILESYSTEMS
             try:
                 lock_fd(fd, True, False, deadline, self.path)
             except OSError as error:
                 close(fd)
-                if error.errno == ESTALE:
+                if error.errno == ESTALE or error.errno == ENOENT:
                     continue
                 raise
             except BaseException:
@@ -403,8 +453,10 @@ cdef class HeldMutex:
             if c_fstat(fd, &info) != 0:
                 err = errno
                 sameness = GONE
+            elif self.fresh and info.st_nlink == 0:
+                sameness = GONE
             else:
-                sameness = compare_ids(info.st_dev, info.st_ino, AT_FDCWD, path, &err)
+                sameness = compare_ids(info.st_dev, info.st_ino, AT_FDCWD, path, self.fresh, &err)
             if sameness == SAME:
                 self.fd, self.dev, self.ino = fd, info.st_dev, info.st_ino
                 return 0
@@ -425,11 +477,12 @@ cdef class HeldMutex:
         if fd < 0:
             raise RuntimeError("this global_mutex() was not entered")
         self.fd = -1
-        sameness = compare_ids(self.dev, self.ino, AT_FDCWD, self.path, &err)
-        if sameness == SAME:
-            if unlink(self.path) != 0:
-                unlink_err = errno
-        elif not err:
+        sameness = compare_ids(self.dev, self.ino, AT_FDCWD, self.path, self.fresh, &err)
+        if sameness == SAME and unlink(self.path) != 0:
+            unlink_err = errno
+            if unlink_err == ENOENT or unlink_err == ESTALE:
+                sameness, unlink_err = GONE, 0
+        if sameness != SAME and not err:
             log_lost_lock_file(self.shown(), sameness)
         unlock_and_close(fd)
         if err or unlink_err:
@@ -447,18 +500,22 @@ def release(int fd, object base_dir, object filename):
     """Unlink the lock file if it is still ours, then unlock and close."""
     cdef bytes encoded = join(base_dir, filename)
     cdef int err = 0, unlink_err = 0
-    cdef Sameness sameness = compare(fd, AT_FDCWD, encoded, &err)
-    if sameness == SAME:
-        if unlink(encoded) != 0:
-            unlink_err = errno
-    elif not err:
+    cdef bint fresh = on_shared_filesystem(base_dir, encode_path(base_dir))
+    cdef Sameness sameness = compare(fd, AT_FDCWD, encoded, fresh, &err)
+    if sameness == SAME and unlink(encoded) != 0:
+        unlink_err = errno
+        if unlink_err == ENOENT or unlink_err == ESTALE:
+            sameness, unlink_err = GONE, 0
+    if sameness != SAME and not err:
         log_lost_lock_file(shown(base_dir, filename), sameness)
     unlock_and_close(fd)
     if err or unlink_err:
         raise_errno(err or unlink_err, shown(base_dir, filename))
 
 
-cdef Liveness probe(int dir_fd, bytes name, object directory, bint remove_dead) except *:
+cdef Liveness probe(
+    int dir_fd, bytes name, object directory, bint remove_dead, bint fresh
+) except *:
     """Is the file at name (relative to dir_fd) held by a live owner?
 
     Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
@@ -492,9 +549,10 @@ cdef Liveness probe(int dir_fd, bytes name, object directory, bint remove_dead) 
         if not remove_dead:
             unlock_and_close(fd)
             return DEAD
-        sameness = compare(fd, dir_fd, name, &err)
-        if sameness == SAME and unlinkat(dir_fd, name, 0) != 0 and errno != ENOENT:
-            err = errno
+        sameness = compare(fd, dir_fd, name, fresh, &err)
+        if sameness == SAME and unlinkat(dir_fd, name, 0) != 0:
+            if errno != ENOENT and errno != ESTALE:
+                err = errno
         unlock_and_close(fd)
         if err:
             raise_errno(err, shown(directory, readable(name)))
@@ -508,7 +566,8 @@ def held(object directory, object name, bint remove_dead):
 
     With remove_dead, a file found unlocked is removed (if still the one found).
     """
-    cdef Liveness liveness = probe(AT_FDCWD, join(directory, name), None, remove_dead)
+    cdef bint fresh = on_shared_filesystem(directory, encode_path(directory))
+    cdef Liveness liveness = probe(AT_FDCWD, join(directory, name), None, remove_dead, fresh)
     return None if liveness == ABSENT else liveness == ALIVE
 
 
@@ -524,15 +583,17 @@ def claim(object directory, bint make_directory):
     cdef Sameness sameness
     if make_directory and mkdir(encoded_dir, 0o777) != 0 and errno != EEXIST:
         raise_errno(errno, directory)
+    cdef bint fresh = on_shared_filesystem(directory, encoded_dir)
     for attempt in range(CLAIM_TRIES):
-        name = b"tmp" + bytes([NAME_CHARACTERS[byte % 37] for byte in urandom(8)])
+        name = NAME_PREFIX_BYTES + bytes(
+            [NAME_BYTES[byte % len(NAME_BYTES)] for byte in urandom(NAME_LENGTH)])
         path = encoded_dir + b"/" + name
         fd = c_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0o600)
         if fd < 0:
             err = errno
             if err == EINTR:
                 check_signals()
-            elif err != EEXIST and err != ESTALE:
+            elif err != EEXIST and err != ESTALE and not (err == ENOENT and directory_exists(directory)):
                 raise_errno(err, directory)
             continue
         try:
@@ -543,7 +604,7 @@ def claim(object directory, bint make_directory):
         except BaseException:
             close(fd)
             raise
-        sameness = compare(fd, AT_FDCWD, path, &err)
+        sameness = compare(fd, AT_FDCWD, path, fresh, &err)
         if sameness == SAME:
             return fd, name.decode()
         close(fd)
@@ -562,6 +623,7 @@ def arena_scan(object directory):
     cdef DIR *listing
     cdef dirent *entry
     cdef bytes name
+    cdef bint fresh = on_shared_filesystem(directory, encoded)
     dir_fd = c_open(encoded, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if dir_fd < 0:
         if errno == ENOENT:
@@ -582,7 +644,7 @@ def arena_scan(object directory):
             if entry.d_name[0] == b'.':
                 continue
             name = entry.d_name
-            if probe(dir_fd, name, directory, True) == ALIVE:
+            if probe(dir_fd, name, directory, True, fresh) == ALIVE:
                 return False
     finally:
         closedir(listing)

@@ -156,9 +156,9 @@ def test_parent_name_dies_with_parent_though_its_fork_lives(core: str, shm_dir: 
         f"print(toil_threading.get_process_name({str(shm_dir)!r}), flush=True)\n"
         "child = os.fork()\n"
         "if child == 0:\n"
+        "    print(os.getpid(), flush=True)  # after the fork hooks have run\n"
         "    time.sleep(60)\n"
         "    os._exit(0)\n"
-        "print(child, flush=True)\n"
         "time.sleep(60)\n",
         stdout=subprocess.PIPE,
     )

@@ -16,6 +16,8 @@ import atexit
 import os
 import sys
 
+from ._protocol import ARENA_MEMBERS_SUFFIX, ARENA_MUTEX_SUFFIX, MUTEX_PREFIX
+from ._protocol import FILESYSTEM_NAMES as _FS_NAMES
 from ._impl import core as _core
 
 TYPE_CHECKING = False
@@ -91,26 +93,6 @@ def __dir__() -> list[str]:
 #: True when the compiled core is in use, False for the pure-Python twin.
 ACCELERATED: bool = _core.__name__.endswith("_core_c")
 
-# statfs(2) magic numbers of the filesystems named in logs and errors (linux/magic.h).
-_FS_NAMES = {
-    0x00C36400: "ceph",
-    0x01021994: "tmpfs",
-    0x0000EF53: "ext2/ext3/ext4",
-    0x58465342: "xfs",
-    0x9123683E: "btrfs",
-    0x794C7630: "overlayfs",
-    0x65735546: "fuse",
-    0x00006969: "nfs",
-    0x0000517B: "smb",
-    0xFF534D42: "cifs",
-    0xFE534D42: "smb2",
-    0x2FC12FC1: "zfs",
-    0x47504653: "gpfs",
-    0x0BD00BD0: "lustre",
-}
-
-# Mutex files are named like Toil's, so both exclude each other in one directory.
-_MUTEX_PREFIX = "toil-mutex-"
 # Longest file name most filesystems allow, in bytes (NAME_MAX).
 _NAME_MAX = 255
 
@@ -292,9 +274,9 @@ def global_mutex(
     touches the disk).  With ``timeout`` (seconds), TimeoutError if not had in time.
     """
     base_dir = os.fspath(base_dir)
-    _check_name(mutex, "mutex name", len(_MUTEX_PREFIX))
+    _check_name(mutex, "mutex name", len(MUTEX_PREFIX))
     _check_timeout(timeout)
-    return _core.HeldMutex(base_dir, _MUTEX_PREFIX + mutex, timeout, _mutex_refusal)  # type: ignore[no-any-return]
+    return _core.HeldMutex(base_dir, MUTEX_PREFIX + mutex, timeout, _mutex_refusal)  # type: ignore[no-any-return]
 
 
 # Process names: a name is a locked file in base_dir; it exists while its file is locked.
@@ -404,11 +386,11 @@ class LastProcessStandingArena:
 
     def __init__(self, base_dir: StrPath, name: str) -> None:
         base_dir = os.fspath(base_dir)
-        _check_name(name, "arena name", len(_MUTEX_PREFIX) + len("-arena-members"))
+        _check_name(name, "arena name", max(len(MUTEX_PREFIX + ARENA_MUTEX_SUFFIX), len(ARENA_MEMBERS_SUFFIX)))
         self.base_dir = base_dir
         self.name = name
-        self.mutex = name + "-arena-lock"
-        self.lockfileDir = os.path.join(base_dir, name + "-arena-members")
+        self.mutex = name + ARENA_MUTEX_SUFFIX
+        self.lockfileDir = os.path.join(base_dir, name + ARENA_MEMBERS_SUFFIX)
         self.lockfileFD: int | None = None
         self.lockfileName: str | None = None
 

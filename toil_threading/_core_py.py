@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 from ._cgroups import cpu_limits as cpu_limits
 from ._cgroups import parse_quota_v1 as parse_quota_v1
 from ._cgroups import parse_quota_v2 as parse_quota_v2
+from ._protocol import CEPH, NAME_CHARACTERS, NAME_LENGTH, NAME_PREFIX, SHARED_FILESYSTEMS
 
 
 def _log(level: str, message: str, *args: object) -> None:
@@ -32,8 +33,8 @@ def _log(level: str, message: str, *args: object) -> None:
 # The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
 _policy = (10, 1.0, 60.0)
 
-# statfs(2) f_type of Ceph, where flock is known to hang or break the MDS (linux/magic.h).
-CEPH_SUPER_MAGIC = 0x00C36400
+# Ceph, where flock is known to hang or break the MDS.
+CEPH_SUPER_MAGIC = CEPH
 
 # Longest pause between two non-blocking tries of a lock wait that has a timeout.
 POLL_CAP = 0.01
@@ -45,8 +46,6 @@ _MUTEX_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _CLAIM_FLAGS = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 
-# Names of name and member files, as tempfile.mkstemp makes them: "tmp" + 8 of these.
-NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 # How many names claim() tries before giving up, as tempfile does (TMP_MAX).
 CLAIM_TRIES = 10000
 
@@ -125,10 +124,10 @@ def unlock_and_close(fd: int) -> None:
     os.close(fd)
 
 
-def _is_same(fd: int, path: str) -> bool | None:
+def _is_same(fd: int, path: str, fresh: bool) -> bool | None:
     """True if path names the file open at fd, False if another file, None if nothing.
 
-    A symlink now at path is another file.
+    A symlink now at path is another file.  fresh: see _identity_at.
     """
     try:
         held = os.fstat(fd)
@@ -136,12 +135,34 @@ def _is_same(fd: int, path: str) -> bool | None:
         if error.errno == errno.ESTALE:
             return None
         raise
-    found = _identity_at(path)
+    if fresh and held.st_nlink == 0:
+        return None
+    found = _identity_at(path, fresh)
     return None if found is None else found == (held.st_dev, held.st_ino)
 
 
+# Per directory: is it on a shared filesystem?  Decided once per process (a statfs).
+_shared_directories: dict[str, bool] = {}
+
+
+def _on_shared_filesystem(directory: str) -> bool:
+    found = _shared_directories.get(directory)
+    if found is None:
+        try:
+            kind = _f_type(directory)
+        except OSError:
+            return False  # the operation itself will meet and report the problem
+        found = _shared_directories[directory] = kind in SHARED_FILESYSTEMS
+    return found
+
+
+def _directory_exists(directory: str) -> bool:
+    """After ENOENT creating a file in it: was it the directory, or a stale cache entry?"""
+    return os.path.exists(directory)
+
+
 def same_file(fd: int, path: str) -> bool:
-    return bool(_is_same(fd, path))
+    return bool(_is_same(fd, path, _f_type(fd) in SHARED_FILESYSTEMS))
 
 
 _statfs_calls = None
@@ -190,7 +211,7 @@ class HeldMutex:
     where locks are unsafe (checked on every acquisition, as Toil does).
     """
 
-    __slots__ = ("base_dir", "filename", "_timeout", "_refusal", "_path", "_fd", "_id")
+    __slots__ = ("base_dir", "filename", "_timeout", "_refusal", "_path", "_fd", "_id", "_fresh")
 
     def __init__(
         self,
@@ -206,6 +227,7 @@ class HeldMutex:
             raise ValueError(f"embedded null byte in path {self._path!r}")
         self._fd = -1
         self._id = (0, 0)
+        self._fresh = False
 
     def _acquire(self, deadline: float | None) -> None:
         """Open, lock and verify the mutex file; fills in the descriptor and identity."""
@@ -214,24 +236,30 @@ class HeldMutex:
             try:
                 fd = os.open(path, _MUTEX_FLAGS, 0o666)
             except OSError as error:
-                if error.errno == errno.ESTALE:
-                    continue
+                if error.errno == errno.ESTALE or (
+                    error.errno == errno.ENOENT and _directory_exists(self.base_dir)
+                ):
+                    continue  # another client changed the directory under our cache
                 if error.errno in (errno.ENOENT, errno.ENOTDIR):
                     raise OSError(error.errno, error.strerror, self.base_dir) from None
                 raise
             try:
                 # Checked on the open file, before any lock: see the compiled twin.
-                if _f_type(fd) == CEPH_SUPER_MAGIC:
+                kind = _f_type(fd)
+                if kind == CEPH_SUPER_MAGIC:
                     raise self._refusal(self.base_dir)
+                self._fresh = kind in SHARED_FILESYSTEMS
                 _lock_fd(fd, True, False, deadline, path)
                 info = os.fstat(fd)
                 identity = (info.st_dev, info.st_ino)
-                if _identity_at(path) == identity:
+                if not (self._fresh and info.st_nlink == 0) and _identity_at(
+                    path, self._fresh
+                ) == identity:
                     self._fd, self._id = fd, identity
                     return
             except OSError as error:
                 os.close(fd)
-                if error.errno == errno.ESTALE:
+                if error.errno in _VANISHED:
                     continue
                 raise
             except BaseException:
@@ -251,24 +279,50 @@ class HeldMutex:
             raise RuntimeError("this global_mutex() was not entered")
         self._fd = -1
         try:
-            found = _identity_at(self._path)
-            if found == self._id:
-                os.unlink(self._path)
-            else:
-                _log_lost_lock_file(self._path, found)
+            found = _identity_at(self._path, self._fresh)
+            if found == self._id and _unlinked(self._path):
+                return
+            _log_lost_lock_file(self._path, None if found == self._id else found)
         finally:
             unlock_and_close(fd)
 
 
-def _identity_at(path: str) -> tuple[int, int] | None:
-    """(device, inode) of what path names now (a symlink itself), None if nothing."""
+def _identity_at(path: str, fresh: bool) -> tuple[int, int] | None:
+    """(device, inode) of what path names now (a symlink itself), None if nothing.
+
+    With fresh (shared filesystems, whose caches may answer for a file already gone),
+    the path is opened anew, which the server resolves, instead of trusting stat(2).
+    """
     try:
-        info = os.stat(path, follow_symlinks=False)
+        if not fresh:
+            info = os.stat(path, follow_symlinks=False)
+        else:
+            try:
+                named_fd = os.open(path, _PROBE_FLAGS)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    return (-1, -1)  # a symlink: another file than ours
+                raise
+            try:
+                info = os.fstat(named_fd)
+            finally:
+                os.close(named_fd)
     except OSError as error:
         if error.errno in _VANISHED:
             return None
         raise
     return (info.st_dev, info.st_ino)
+
+
+def _unlinked(path: str) -> bool:
+    """Unlink path; False if it was already gone (a shared filesystem's stale cache)."""
+    try:
+        os.unlink(path)
+    except OSError as error:
+        if error.errno in _VANISHED:
+            return False
+        raise
+    return True
 
 
 def _log_lost_lock_file(path: str, found: object) -> None:
@@ -281,21 +335,19 @@ def _log_lost_lock_file(path: str, found: object) -> None:
 def release(fd: int, base_dir: str, filename: str) -> None:
     path = f"{base_dir}/{filename}"
     try:
-        sameness = _is_same(fd, path)
-        if sameness:
-            os.unlink(path)
-        else:
-            _log_lost_lock_file(path, sameness)
+        sameness = _is_same(fd, path, _on_shared_filesystem(base_dir))
+        if not (sameness and _unlinked(path)):
+            _log_lost_lock_file(path, None if sameness else sameness)
     finally:
         unlock_and_close(fd)
 
 
-def _probe(path: str, remove_dead: bool) -> bool | None:
+def _probe(path: str, remove_dead: bool, fresh: bool) -> bool | None:
     """Is the file at path held by a live owner (True, else False; None if absent)?
 
     Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
     file nobody holds belongs to a dead owner and is removed, but only while it is
-    still the file at that path.
+    still the file at that path.  fresh: see _identity_at.
     """
     while True:
         try:
@@ -316,12 +368,9 @@ def _probe(path: str, remove_dead: bool) -> bool | None:
             unlock_and_close(fd)
             return False
         try:
-            sameness = _is_same(fd, path)
+            sameness = _is_same(fd, path, fresh)
             if sameness:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                _unlinked(path)
         finally:
             unlock_and_close(fd)
         if sameness is not False:
@@ -330,7 +379,7 @@ def _probe(path: str, remove_dead: bool) -> bool | None:
 
 
 def held(directory: str, name: str, remove_dead: bool) -> bool | None:
-    return _probe(f"{directory}/{name}", remove_dead)
+    return _probe(f"{directory}/{name}", remove_dead, _on_shared_filesystem(directory))
 
 
 def claim(directory: str, make_directory: bool) -> tuple[int, str]:
@@ -339,18 +388,23 @@ def claim(directory: str, make_directory: bool) -> tuple[int, str]:
             os.mkdir(directory, 0o777)
         except FileExistsError:
             pass
+    fresh = _on_shared_filesystem(directory)
     for _ in range(CLAIM_TRIES):
-        name = "tmp" + "".join(NAME_CHARACTERS[byte % 37] for byte in os.urandom(8))
+        name = NAME_PREFIX + "".join(
+            NAME_CHARACTERS[byte % len(NAME_CHARACTERS)] for byte in os.urandom(NAME_LENGTH)
+        )
         path = f"{directory}/{name}"
         try:
             fd = os.open(path, _CLAIM_FLAGS, 0o600)
         except OSError as error:
-            if error.errno in (errno.EEXIST, errno.ESTALE):
+            if error.errno in (errno.EEXIST, errno.ESTALE) or (
+                error.errno == errno.ENOENT and _directory_exists(directory)
+            ):
                 continue
             raise OSError(error.errno, error.strerror, directory) from None
         try:
             _lock_fd(fd, False, False, None, path)
-            if _is_same(fd, path):
+            if _is_same(fd, path, fresh):
                 return fd, name
         except BlockingIOError:
             pass  # a poller is looking at it, and will remove it
@@ -368,7 +422,8 @@ def arena_scan(directory: str) -> bool:
         names = os.listdir(directory)
     except FileNotFoundError:
         return True
+    fresh = _on_shared_filesystem(directory)
     for name in names:
-        if not name.startswith(".") and _probe(f"{directory}/{name}", True):
+        if not name.startswith(".") and _probe(f"{directory}/{name}", True, fresh):
             return False
     return True

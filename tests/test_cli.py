@@ -1,0 +1,303 @@
+"""The toil-threading command, run as operators run it: a subprocess on the installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import toil_threading
+from conftest import python_with_core
+from toil_threading import _cli
+
+
+def run_cli(
+    core: str, *args: str | Path, command: list[str] | None = None, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run the command on the given core, outside the checkout (so the installed package runs).
+
+    wrapper goes before the command (for example setpriv, to run it with fewer rights).
+    """
+    env = {key: value for key, value in os.environ.items() if key != "TOIL_THREADING_NO_EXTENSIONS"}
+    if core == "pure":
+        env["TOIL_THREADING_NO_EXTENSIONS"] = "1"
+    return subprocess.run(
+        [*wrapper, *(command or [sys.executable, "-I", "-m", "toil_threading"]), *map(str, args)],
+        cwd=tempfile.gettempdir(),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def inspect_json(core: str, directory: Path, *flags: str) -> tuple[int, Any]:
+    """(exit status, parsed report) of `inspect --json`."""
+    done = run_cli(core, "inspect", "--json", *flags, directory)
+    assert done.stderr == ""
+    return done.returncode, json.loads(done.stdout)
+
+
+def table_row(table: str, kind: str, name: str) -> list[str]:
+    """The cells of the table row for that kind and name (the command split into words)."""
+    [row] = [line.split() for line in table.splitlines() if line.split()[:2] == [kind, name]]
+    return row
+
+
+def files_under(directory: Path) -> set[Path]:
+    return {path for path in directory.rglob("*") if path.is_file()}
+
+
+def start_holder(core: str, directory: Path, mutex: str) -> tuple[subprocess.Popen[str], str, str]:
+    """A child holding the mutex, a member of the arena "pool" and a process name in directory.
+
+    It lets go when its stdin is closed.  Returns it, its member's file name and its name.
+    """
+    child = python_with_core(
+        core,
+        "import sys, toil_threading as t\n"
+        f"with t.global_mutex({str(directory)!r}, {mutex!r}):\n"
+        f"    arena = t.LastProcessStandingArena({str(directory)!r}, 'pool')\n"
+        "    arena.enter()\n"
+        f"    print(arena.lockfileName, t.get_process_name({str(directory)!r}), flush=True)\n"
+        "    sys.stdin.readline()\n",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    member, name = child.stdout.readline().split()
+    return child, member, name
+
+
+def let_go(child: subprocess.Popen[str]) -> None:
+    child.communicate("", timeout=30)
+
+
+def test_held_mutex_names_its_holder(core: str, lock_dir: Path) -> None:
+    holder, _, _ = start_holder(core, lock_dir, "jobs")
+    try:
+        table = run_cli(core, "inspect", lock_dir)
+        assert table.returncode == 1, table.stderr
+        row = table_row(table.stdout, "mutex", "jobs")
+        assert row[2:4] == ["held", str(holder.pid)]
+        assert sys.executable in row and "t.global_mutex(" in table.stdout
+
+        status, report = inspect_json(core, lock_dir)
+        assert status == 1 and report["held"] is True
+        [mutex] = report["mutexes"]
+        assert (mutex["name"], mutex["state"], mutex["pid"]) == ("jobs", "held", holder.pid)
+        assert mutex["path"] == str(lock_dir / "toil-mutex-jobs")
+        assert mutex["command"][0] == sys.executable
+        assert any("global_mutex" in argument for argument in mutex["command"])
+    finally:
+        let_go(holder)
+    # Released: the mutex file is gone, and the member it never left is dead.
+    status, report = inspect_json(core, lock_dir)
+    assert status == 0 and report["held"] is False and report["mutexes"] == []
+    assert report["arenas"][0]["dead"] == 1
+
+
+def test_free_leftover_mutex_is_shown_free_and_never_removed(core: str, shm_dir: Path) -> None:
+    (shm_dir / "toil-mutex-stale").touch()
+    table = run_cli(core, "inspect", shm_dir)
+    assert table.returncode == 0
+    assert table_row(table.stdout, "mutex", "stale") == ["mutex", "stale", "free"]
+    for flags in ((), ("--clean",)):
+        status, report = inspect_json(core, shm_dir, *flags)
+        assert status == 0
+        [mutex] = report["mutexes"]
+        assert mutex == {
+            "name": "stale",
+            "path": str(shm_dir / "toil-mutex-stale"),
+            "state": "free",
+            "pid": None,
+            "command": None,
+        }
+        assert (shm_dir / "toil-mutex-stale").exists()
+
+
+def test_live_and_dead_members_and_names(core: str, lock_dir: Path) -> None:
+    live, live_member, live_name = start_holder(core, lock_dir, "live")
+    dead, dead_member, dead_name = start_holder(core, lock_dir, "dead")
+    dead.kill()
+    dead.wait()
+    try:
+        before = files_under(lock_dir)
+        table = run_cli(core, "inspect", lock_dir)
+        assert table.returncode == 1
+        assert table_row(table.stdout, "arena", "pool") == ["arena", "pool", "1", "alive,", "1", "dead"]
+        assert table_row(table.stdout, "member", f"pool/{live_member}")[2:4] == ["alive", str(live.pid)]
+        assert table_row(table.stdout, "member", f"pool/{dead_member}")[2:] == ["dead"]
+        assert table_row(table.stdout, "name", live_name)[2:4] == ["alive", str(live.pid)]
+        assert table_row(table.stdout, "name", dead_name)[2:] == ["dead"]
+
+        status, report = inspect_json(core, lock_dir)
+        assert status == 1
+        [arena] = report["arenas"]
+        assert (arena["name"], arena["mutex"]) == ("pool", "pool-arena-lock")
+        assert (arena["alive"], arena["dead"]) == (1, 1)
+        assert {member["name"]: member["state"] for member in arena["members"]} == {
+            live_member: "alive",
+            dead_member: "dead",
+        }
+        names = {name["name"]: name["state"] for name in report["names"]}
+        assert names == {live_name: "alive", dead_name: "dead"}
+        assert files_under(lock_dir) == before, "inspect without --clean must not delete anything"
+
+        status, report = inspect_json(core, lock_dir, "--clean")
+        assert status == 1
+        [arena] = report["arenas"]
+        assert (arena["alive"], arena["dead"], arena["removed"]) == (1, 0, 1)
+        names = {name["name"]: name["state"] for name in report["names"]}
+        assert names == {live_name: "alive", dead_name: "removed"}
+        dead_files = {lock_dir / "pool-arena-members" / dead_member, lock_dir / dead_name}
+        assert files_under(lock_dir) == before - dead_files
+        # The dead holder's mutex file is a free leftover: --clean keeps it.
+        assert (lock_dir / "toil-mutex-dead").exists()
+    finally:
+        let_go(live)
+
+
+def blocked_waiters() -> set[int]:
+    """PIDs waiting for a lock, from /proc/locks ("1: -> FLOCK ..." lines)."""
+    with open("/proc/locks") as locks:
+        return {int(line.split()[5]) for line in locks if line.split()[1] == "->"}
+
+
+def test_inspecting_does_not_disturb_a_waiter(core: str, shm_dir: Path) -> None:
+    holder, _, _ = start_holder(core, shm_dir, "jobs")
+    waiter = python_with_core(
+        core,
+        "import toil_threading as t\n"
+        f"with t.global_mutex({str(shm_dir)!r}, 'jobs'):\n"
+        "    print('acquired', flush=True)\n",
+        stdout=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while waiter.pid not in blocked_waiters():
+            assert time.monotonic() < deadline, "the waiter never blocked on the mutex"
+            time.sleep(0.01)
+        for flags in ((), ("--clean",)):
+            status, report = inspect_json(core, shm_dir, *flags)
+            assert status == 1
+            [mutex] = report["mutexes"]
+            assert (mutex["name"], mutex["pid"]) == ("jobs", holder.pid)
+        assert waiter.poll() is None and waiter.pid in blocked_waiters()
+        let_go(holder)
+        out, _ = waiter.communicate(timeout=30)
+        assert out == "acquired\n" and waiter.returncode == 0
+    finally:
+        holder.kill()
+        waiter.kill()
+        holder.wait()
+        waiter.wait()
+
+
+def test_empty_directory(shm_dir: Path) -> None:
+    done = run_cli("compiled", "inspect", shm_dir)
+    assert (done.returncode, done.stdout) == (0, f"{shm_dir}: no mutexes, arenas or process names\n")
+
+
+def test_runs_on_the_chosen_core(core: str) -> None:
+    done = run_cli(core, "--version")
+    assert done.returncode == 0
+    assert done.stdout.endswith({"compiled": "(compiled core)\n", "pure": "(pure-Python core)\n"}[core])
+
+
+def test_cpus() -> None:
+    expected = toil_threading.cpu_count()
+    plain = run_cli("compiled", "cpus")
+    assert (plain.returncode, plain.stdout) == (0, f"{expected}\n")
+
+    explained = run_cli("compiled", "cpus", "--explain")
+    lines = explained.stdout.splitlines()
+    assert lines[0].startswith(f"cpu_count: {expected} ")
+    sources = [line.split()[0] for line in lines[2:]]
+    assert sources[:2] == ["machine", "affinity"]
+
+    report = json.loads(run_cli("compiled", "cpus", "--json").stdout)
+    assert report["cpus"] == expected
+    assert [limit["source"] for limit in report["limits"]][:2] == ["machine", "affinity"]
+
+
+def test_fs_on_tmpfs_is_safe() -> None:
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this machine")
+    table = run_cli("compiled", "fs", "/dev/shm")
+    assert table.returncode == 0
+    assert table_row(table.stdout, "filesystem", "tmpfs")[2:] == ["(statfs", "type", "0x01021994)"]
+    assert table_row(table.stdout, "locks", "safe") == ["locks", "safe"]
+    done = run_cli("compiled", "fs", "--json", "/dev/shm")
+    assert done.returncode == 0
+    report = json.loads(done.stdout)
+    assert (report["filesystem"], report["magic"], report["locks"]) == ("tmpfs", "0x01021994", "safe")
+
+
+def test_fs_on_the_test_disk(tmp_path: Path) -> None:
+    done = run_cli("compiled", "fs", "--json", tmp_path)
+    report = json.loads(done.stdout)
+    assert report["filesystem"] == toil_threading._fs_name(toil_threading._core.fs_type(str(tmp_path)))
+    assert report["locks"] != "refused" and report["reason"]
+    assert done.returncode == 0
+
+
+def test_fs_refuses_ceph(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # No Ceph here: the core is made to report its statfs magic number.
+    [ceph] = [magic for magic, name in toil_threading._FS_NAMES.items() if name == "ceph"]
+    monkeypatch.setattr(toil_threading._core, "fs_type", lambda path: ceph)
+    assert _cli.main(["fs", "--json", str(tmp_path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["filesystem"], report["locks"]) == ("ceph", "refused")
+    assert "Ceph" in report["reason"]
+
+
+def test_every_named_filesystem_has_a_verdict() -> None:
+    assert set(toil_threading._FS_NAMES.values()) - {"ceph"} <= set(_cli._FILESYSTEM_SAFETY)
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "unreadable"])
+def test_errors_are_one_line(case: str, tmp_path: Path) -> None:
+    target = tmp_path / case
+    expected = {
+        "missing": "No such file or directory",
+        "file": "Not a directory",
+        "unreadable": "Permission denied",
+    }
+    wrapper: tuple[str, ...] = ()
+    if case == "file":
+        target.touch()
+    elif case == "unreadable":
+        target.mkdir(mode=0)
+        if os.geteuid() == 0:
+            # Root reads any directory: run the command without the capabilities that
+            # let it, so the mode is obeyed as for anyone else.
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root and setpriv(1) is missing: cannot deny a read")
+            wrapper = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
+    done = run_cli("compiled", "inspect", target, wrapper=wrapper)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"toil-threading: error: {target}: {expected[case]}\n"
+
+
+def test_console_script_and_help() -> None:
+    script = Path(sys.executable).parent / "toil-threading"
+    assert script.exists(), "the toil-threading console script is not installed beside this Python"
+    done = run_cli("compiled", "--help", command=[str(script)])
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: toil-threading ")
+    for part in ("inspect", "cpus", "fs", "examples:", "exit status:"):
+        assert part in done.stdout
+    assert run_cli("compiled", "fs", "/", command=[str(script)]).stdout.startswith("path        /\n")
