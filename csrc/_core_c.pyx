@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: annotation_typing=False
 """Compiled core of toil_threading: the lock primitives over raw system calls.
 
 Twin of toil_threading/_core_py.py: same names, signatures and behaviour.  Blocking

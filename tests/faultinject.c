@@ -89,7 +89,8 @@ static int faked_type(int rc, int marked, struct statfs *buf)
     return rc;
 }
 
-/* Programs built with 64-bit file offsets call the *64 names; the shim answers both. */
+/* Programs built with 64-bit file offsets call the *64 names on glibc; the shim answers
+ * both.  musl has no separate *64 functions. */
 static int fake_statfs(const char *name, const char *path, struct statfs *buf)
 {
     statfs_fn real = (statfs_fn)dlsym(RTLD_NEXT, name);
@@ -105,13 +106,15 @@ static int fake_fstatfs(const char *name, int fd, struct statfs *buf)
 }
 
 int statfs(const char *path, struct statfs *buf) { return fake_statfs("statfs", path, buf); }
+int fstatfs(int fd, struct statfs *buf) { return fake_fstatfs("fstatfs", fd, buf); }
+#ifdef __GLIBC__
 int statfs64(const char *path, struct statfs64 *buf)
 {
     /* f_type leads both structures, which is all the shim touches. */
     return fake_statfs("statfs64", path, (struct statfs *)buf);
 }
-int fstatfs(int fd, struct statfs *buf) { return fake_fstatfs("fstatfs", fd, buf); }
 int fstatfs64(int fd, struct statfs64 *buf)
 {
     return fake_fstatfs("fstatfs64", fd, (struct statfs *)buf);
 }
+#endif

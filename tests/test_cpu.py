@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import toil_threading
-from conftest import python_with_core
+from conftest import python_with_core, skip_or_fail
 
 V1_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu\n"
 V1_COMBINED_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
@@ -278,11 +278,12 @@ CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 def v1_cgroup() -> Iterator[Path]:
     """A real v1 cpu cgroup with a 0.5-CPU quota (50 ms per 100 ms), removed afterwards."""
     if not (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists():
-        pytest.skip("no cgroup v1 cpu controller mounted at /sys/fs/cgroup/cpu")
-    if not os.access(CGROUP_V1_CPU, os.W_OK):
-        pytest.skip("/sys/fs/cgroup/cpu is not writable (needs root)")
+        skip_or_fail("no cgroup v1 cpu controller mounted at /sys/fs/cgroup/cpu")
     group = CGROUP_V1_CPU / f"toil-threading-test-{uuid.uuid4().hex[:8]}"
-    group.mkdir()
+    try:
+        group.mkdir()
+    except OSError as error:
+        skip_or_fail(f"cannot make a cgroup under /sys/fs/cgroup/cpu (needs root): {error}")
     try:
         (group / "cpu.cfs_period_us").write_text("100000")
         (group / "cpu.cfs_quota_us").write_text("50000")

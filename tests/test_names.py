@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import toil_threading
-from conftest import fds_open_on, python_with_core, run_toil
+from conftest import fds_open_on, python_with_core, run_toil, skip_or_fail
 
 
 @pytest.fixture(autouse=True)
@@ -201,8 +201,11 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
 
 
 def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare(1) for PID namespaces")
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run(
+        [unshare, "--pid", "--fork", "true"], capture_output=True
+    ).returncode != 0:
+        skip_or_fail("needs unshare(1) and the right to make PID namespaces (root)")
     code = (
         "import os, sys, toil_threading\n"
         f"print(os.getpid(), toil_threading.get_process_name({str(shm_dir)!r}), flush=True)\n"

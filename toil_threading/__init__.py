@@ -18,7 +18,10 @@ import sys
 
 from ._protocol import ARENA_MEMBERS_SUFFIX, ARENA_MUTEX_SUFFIX, MUTEX_PREFIX
 from ._protocol import FILESYSTEM_NAMES as _FS_NAMES
-from ._impl import core as _core
+from . import _impl
+
+# The core in use: every call goes through this name, so tests can switch it (_use_core).
+_core = _impl.core
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,11 +29,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
     from types import ModuleType
-    from typing import Union
+    from collections.abc import Callable
+    from typing import TypeVar, Union
 
     from ._exceptional import ExceptionalThread
 
     StrPath = Union[str, os.PathLike[str]]
+    Number = TypeVar("Number", int, float)
     logger: logging.Logger
 
 __all__ = [
@@ -161,25 +166,26 @@ def set_lock_retry_policy(
     return old
 
 
+def _setting(variable: str, kind: Callable[[str], Number]) -> Number | None:
+    """The number in an environment variable, None if unset or empty."""
+    text = os.environ.get(variable)
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        wanted = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{variable}={text!r} is not {wanted}") from None
+
+
 def _policy_from_environment() -> None:
-    settings = {
-        "max_tries": ("TOIL_THREADING_LOCK_MAX_TRIES", int),
-        "backoff": ("TOIL_THREADING_LOCK_BACKOFF", float),
-        "max_backoff": ("TOIL_THREADING_LOCK_MAX_BACKOFF", float),
-    }
-    given: dict[str, int | float] = {}
-    for field, (variable, kind) in settings.items():
-        text = os.environ.get(variable)
-        if text:
-            try:
-                given[field] = kind(text)
-            except ValueError:
-                raise ValueError(f"{variable}={text!r} is not a valid {kind.__name__}") from None
-    if given:
-        try:
-            set_lock_retry_policy(**given)
-        except ValueError as error:
-            raise ValueError(f"bad TOIL_THREADING_LOCK_* setting: {error}") from None
+    max_tries = _setting("TOIL_THREADING_LOCK_MAX_TRIES", int)
+    backoff = _setting("TOIL_THREADING_LOCK_BACKOFF", float)
+    max_backoff = _setting("TOIL_THREADING_LOCK_MAX_BACKOFF", float)
+    try:
+        set_lock_retry_policy(max_tries=max_tries, backoff=backoff, max_backoff=max_backoff)
+    except ValueError as error:
+        raise ValueError(f"bad TOIL_THREADING_LOCK_* setting: {error}") from None
 
 
 _policy_from_environment()
@@ -466,24 +472,17 @@ class CpuLimit(tuple):  # type: ignore[type-arg]
         return f"CpuLimit(source={self[0]!r}, cpus={self[1]!r}, detail={self[2]!r})"
 
 
-class CpuCount(tuple):  # type: ignore[type-arg]
-    """(count, limits): what cpu_count() answers and every limit it considered."""
+class CpuCount:
+    """What cpu_count() answers (``count``) and every limit it considered (``limits``)."""
 
-    __slots__ = ()
+    __slots__ = ("count", "limits")
 
-    def __new__(cls, count: int, limits: list[CpuLimit]) -> CpuCount:
-        return tuple.__new__(cls, (count, limits))
-
-    @property
-    def count(self) -> int:
-        return self[0]  # type: ignore[no-any-return]
-
-    @property
-    def limits(self) -> list[CpuLimit]:
-        return self[1]  # type: ignore[no-any-return]
+    def __init__(self, count: int, limits: list[CpuLimit]) -> None:
+        self.count = count
+        self.limits = limits
 
     def __repr__(self) -> str:
-        return f"CpuCount(count={self[0]!r}, limits={self[1]!r})"
+        return f"CpuCount(count={self.count!r}, limits={self.limits!r})"
 
 
 def explain_cpu_count(root: StrPath = "/") -> CpuCount:

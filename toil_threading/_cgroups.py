@@ -1,6 +1,7 @@
 # One source for both cores: the pure core imports this module, and the compiled core
 # includes it at build time (csrc/_core_c.pyx), so Cython compiles this same code.
-# Keep it plain Python that Cython accepts: no `from __future__`, no third-party imports.
+# Keep it plain Python that Cython accepts: no `from __future__`, no third-party imports;
+# the compiled core ignores the annotations (annotation_typing=False).
 """The CPU limits on this process: online CPUs, affinity, and cgroup v1/v2 quotas.
 
 Each limit is reported as (source, cpus, detail): cpus is a whole number of CPUs
@@ -11,26 +12,26 @@ where it came from, for people asking why cpu_count() said what it said.
 import os
 
 
-def _read_text(path):
+def _read_text(path: str) -> str:
     with open(path) as stream:
         return stream.read()
 
 
-def _whole_number(text, path):
+def _whole_number(text: str, path: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise ValueError(f"{path}: expected a whole number, found {text.strip()!r}") from None
 
 
-def parse_quota_v1(quota_file, period_file):
+def parse_quota_v1(quota_file: str, period_file: str) -> tuple[int, int]:
     """(quota, period) in microseconds from cgroup v1 files; quota -1 means none."""
     quota = _whole_number(_read_text(quota_file), quota_file)
     period = _whole_number(_read_text(period_file), period_file)
     return quota, period
 
 
-def parse_quota_v2(file):
+def parse_quota_v2(file: str) -> tuple[int, int]:
     """(quota, period) in microseconds from a cgroup v2 cpu.max; "max" is -1."""
     text = _read_text(file)
     fields = text.split()
@@ -40,7 +41,7 @@ def parse_quota_v2(file):
     return quota, _whole_number(fields[1], file)
 
 
-def _unescape(field):
+def _unescape(field: str) -> str:
     """Undo mountinfo's octal escapes (a space is written \\040)."""
     if "\\" not in field:
         return field
@@ -55,9 +56,9 @@ def _unescape(field):
     return "".join(out)
 
 
-def _cgroup_mounts(mountinfo):
+def _cgroup_mounts(mountinfo: str) -> list[tuple[int, set[str], str, str]]:
     """(version, controllers, mount root, mount point) of each cgroup mount in mountinfo."""
-    mounts = []
+    mounts: list[tuple[int, set[str], str, str]] = []
     for line in mountinfo.splitlines():
         before, separator, after = line.partition(" - ")
         fields = before.split()
@@ -71,9 +72,9 @@ def _cgroup_mounts(mountinfo):
     return mounts
 
 
-def _memberships(proc_cgroup):
+def _memberships(proc_cgroup: str) -> dict[int, str]:
     """The cgroup path of this process for v2 (key 2) and for the v1 cpu controller (key 1)."""
-    paths = {}
+    paths: dict[int, str] = {}
     for line in proc_cgroup.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -85,7 +86,7 @@ def _memberships(proc_cgroup):
     return paths
 
 
-def _cgroup_directories(root, mount_root, mount_point, path):
+def _cgroup_directories(root: str, mount_root: str, mount_point: str, path: str) -> list[str]:
     """This process's cgroup directory and its ancestors up to the mount, innermost first.
 
     In a container the path from /proc/self/cgroup may not exist under the mount (the
@@ -105,7 +106,7 @@ def _cgroup_directories(root, mount_root, mount_point, path):
     return directories
 
 
-def _quota_limit(version, directory):
+def _quota_limit(version: int, directory: str) -> tuple[str, int | None, str]:
     """One (source, cpus, detail) for the quota set in one cgroup directory."""
     source = f"cgroup v{version}"
     try:
@@ -122,12 +123,12 @@ def _quota_limit(version, directory):
     return (source, -(-quota // period), f"{directory}: quota {quota} us per {period} us period")
 
 
-def cpu_limits(root):
+def cpu_limits(root: str) -> list[tuple[str, int | None, str]]:
     """Every CPU limit found for this process; root prefixes /proc and the cgroup mounts.
 
     root is "/" in real use; tests point it at a fabricated tree.
     """
-    limits = []
+    limits: list[tuple[str, int | None, str]] = []
     online = os.sysconf("SC_NPROCESSORS_ONLN") if hasattr(os, "sysconf") else -1
     if online > 0:
         limits.append(("machine", online, f"{online} online logical CPUs"))

@@ -16,6 +16,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 # The cgroup and affinity walk: the compiled core includes the same source.
 from ._cgroups import cpu_limits as cpu_limits
@@ -76,7 +77,7 @@ def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: s
             fcntl.flock(fd, op)
             return
         except OSError as error:
-            err = error.errno
+            err = error.errno or 0
             left = 0.0 if deadline is None else deadline - time.monotonic()
             if err in _BUSY:
                 if deadline is None:
@@ -165,38 +166,30 @@ def same_file(fd: int, path: str) -> bool:
     return bool(_is_same(fd, path, _f_type(fd) in SHARED_FILESYSTEMS))
 
 
-_statfs_calls = None
-
-
-def _load_statfs_calls():  # type: ignore[no-untyped-def]
-    import ctypes  # only when first needed: it costs milliseconds to import
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def f_type(call, target, shown):  # type: ignore[no-untyped-def]
-        # struct statfs opens with f_type, a C long, on every Linux ABI; 256 bytes hold it all.
-        buffer = ctypes.create_string_buffer(256)
-        if call(target, buffer) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), shown)
-        return ctypes.c_long.from_buffer(buffer).value
-
-    return (
-        lambda path: f_type(libc.statfs, os.fsencode(path), path),
-        lambda fd: f_type(libc.fstatfs, fd, None),
-    )
+_libc: Any = None  # ctypes.CDLL of the C library, loaded when first needed
 
 
 def _f_type(target: str | int) -> int:
     """statfs(2) (for a path) or fstatfs(2) (for a descriptor) f_type; 0 off Linux."""
-    global _statfs_calls
+    global _libc
     if not sys.platform.startswith("linux"):
         if isinstance(target, str):
             os.stat(target)  # the same errors for a missing path as on Linux
         return 0
-    if _statfs_calls is None:
-        _statfs_calls = _load_statfs_calls()
-    return _statfs_calls[isinstance(target, int)](target)  # type: ignore[no-any-return]
+    import ctypes  # here, not at the top: it costs milliseconds to import
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    # struct statfs opens with f_type, a C long, on every Linux ABI; 256 bytes hold it all.
+    buffer = ctypes.create_string_buffer(256)
+    if isinstance(target, int):
+        failed = _libc.fstatfs(target, buffer) != 0
+    else:
+        failed = _libc.statfs(os.fsencode(target), buffer) != 0
+    if failed:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), None if isinstance(target, int) else target)
+    return ctypes.c_long.from_buffer(buffer).value
 
 
 def fs_type(path: str) -> int:
