@@ -124,7 +124,8 @@ def load_toil_threading() -> Any:
             f"the compiled core toil_threading._core_c does not import ({error}).\n"
             "Install the package with a C compiler and run this with the installed copy,\n"
             "from the repo root (the script's folder, bench/, is what goes on sys.path):\n"
-            "    python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/python bench/run.py\n"
+            "    python3 -m venv .venv && .venv/bin/pip install . &&"
+            " .venv/bin/python bench/run.py\n"
             "(not `python -m bench.run`, which imports the checkout's toil_threading/ folder,\n"
             "where no compiled core is built)."
         )
@@ -142,12 +143,18 @@ def environment(directory: str, toil_threading: Any) -> dict[str, str]:
         ["stat", "-f", "-c", "%T", directory], capture_output=True, text=True, check=True
     ).stdout.strip()
     return {
-        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "python": (
+            f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"
+        ),
         "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
         "cpu": f"{cpu} x {os.cpu_count()}",
         "directory": f"{directory} ({filesystem})",
         "toil_threading": f"{toil_threading.__file__}; default core: "
-        + ("compiled (ACCELERATED=True)" if toil_threading.ACCELERATED else "pure (ACCELERATED=False)"),
+        + (
+            "compiled (ACCELERATED=True)"
+            if toil_threading.ACCELERATED
+            else "pure (ACCELERATED=False)"
+        ),
     }
 
 
@@ -157,7 +164,10 @@ def build_floor(workdir: str) -> str:
     if compiler is None:
         fail("no C compiler `cc` on PATH to build bench/floor.c")
     built = subprocess.run(
-        [compiler, "-O2", "-o", binary, str(BENCH / "floor.c")], check=False, capture_output=True, text=True
+        [compiler, "-O2", "-o", binary, str(BENCH / "floor.c")],
+        check=False,
+        capture_output=True,
+        text=True,
     )
     if built.returncode != 0:
         fail(f"cc -O2 bench/floor.c failed:\n{built.stderr}")
@@ -165,7 +175,9 @@ def build_floor(workdir: str) -> str:
 
 
 def run_json(command: list[str]) -> Any:
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
     if done.returncode != 0:
         fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -173,7 +185,11 @@ def run_json(command: list[str]) -> Any:
 
 def floor(binary: str, variant: str, name: str) -> Implementation:
     def measure_task(task: Task, directory: str) -> list[float]:
-        sizes = [task.count, round(task.seconds * 1000)] if task.operation == "contend" else [task.count]
+        sizes = (
+            [task.count, round(task.seconds * 1000)]
+            if task.operation == "contend"
+            else [task.count]
+        )
         command = [binary, variant, directory, task.operation, *map(str, sizes), str(task.repeats)]
         return [float(sample) for sample in run_json(command)["samples"]]
 
@@ -201,14 +217,20 @@ def toil_implementation(python: str | None) -> tuple[Implementation | None, str 
     """
     if python:
         check = subprocess.run(
-            [python, "-c", "import toil.lib.threading"], check=False, capture_output=True, text=True, timeout=120
+            [python, "-c", "import toil.lib.threading"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check.returncode != 0:
             fail(f"{python} cannot import toil.lib.threading:\n{check.stderr}")
 
         def measure_in_subprocess(task: Task, directory: str) -> list[float]:
             script = [python, str(BENCH / "workloads.py"), "--api", "toil", "--dir", directory]
-            return [float(sample) for sample in run_json([*script, "--task", json.dumps(asdict(task))])]
+            return [
+                float(sample) for sample in run_json([*script, "--task", json.dumps(asdict(task))])
+            ]
 
         return Implementation("Toil's module", measure_in_subprocess), python
     try:
@@ -243,12 +265,18 @@ def filelock_implementation() -> Implementation | None:
     except ImportError:
         return None
     return Implementation(
-        "filelock", lambda task, directory: measure(mutexes, task, directory), frozenset({"mutex", "contend"})
+        "filelock",
+        lambda task, directory: measure(mutexes, task, directory),
+        frozenset({"mutex", "contend"}),
     )
 
 
 def contenders(
-    toil_threading: Any, floor_binary: str, toil_python: str | None, env: dict[str, str], notes: list[str]
+    toil_threading: Any,
+    floor_binary: str,
+    toil_python: str | None,
+    env: dict[str, str],
+    notes: list[str],
 ) -> tuple[list[Implementation], str | None]:
     """Everything to measure, the naive floor first; also the interpreter that has Toil.
 
@@ -273,12 +301,16 @@ def contenders(
             " its name-live figure has no poll in it."
         )
     else:
-        notes.append("Toil's module not measured: no toil.lib.threading here; pass --toil-python PYTHON.")
+        notes.append(
+            "Toil's module not measured: no toil.lib.threading here; pass --toil-python PYTHON."
+        )
     filelock = filelock_implementation()
     if filelock:
         implementations.append(filelock)
         env["filelock"] = importlib.metadata.version("filelock")
-        notes.append("filelock keeps its lock file (no unlink, no same-file check) and waits by polling.")
+        notes.append(
+            "filelock keeps its lock file (no unlink, no same-file check) and waits by polling."
+        )
     else:
         notes.append("filelock not measured: it does not import here.")
     return implementations, toil_python
@@ -287,7 +319,8 @@ def contenders(
 def tasks(plan: Plan) -> list[Task]:
     listed = [Task(operation, count, repeats) for operation, (count, repeats) in plan.sizes.items()]
     return listed + [
-        Task("contend", processes, plan.contention_repeats, plan.contention_seconds) for processes in PROCESS_COUNTS
+        Task("contend", processes, plan.contention_repeats, plan.contention_seconds)
+        for processes in PROCESS_COUNTS
     ]
 
 
@@ -314,7 +347,11 @@ def run_benchmarks(implementations: list[Implementation], plan: Plan, root: str)
         for implementation in implementations:
             if task.operation not in implementation.operations:
                 continue
-            print(f"  {task.operation} {task.count}: {implementation.name}", file=sys.stderr, flush=True)
+            print(
+                f"  {task.operation} {task.count}: {implementation.name}",
+                file=sys.stderr,
+                flush=True,
+            )
             directory = tempfile.mkdtemp(dir=root)
             try:
                 raw = implementation.measure(task, directory)
@@ -349,20 +386,22 @@ def wall_time_ms(command: list[str], workdir: str) -> float:
     return elapsed
 
 
-def cold_starts(runs: int, interpreters: list[tuple[str, str, str]], workdir: str) -> list[dict[str, Any]]:
+def cold_starts(
+    runs: int, interpreters: list[tuple[str, str, str]], workdir: str
+) -> list[dict[str, Any]]:
     """Wall-clock milliseconds of fresh interpreters running code, interleaved to share drift.
 
     interpreters: (label, python, code); the first of each python is its bare baseline.
     """
     timings: list[list[float]] = [[] for _ in interpreters]
     for attempt in range(runs + 1):  # the first round only warms the page cache
-        for (label, python, code), samples in zip(interpreters, timings):
+        for (_, python, code), samples in zip(interpreters, timings, strict=True):
             milliseconds = wall_time_ms([python, "-c", code], workdir)
             if attempt:
                 samples.append(milliseconds)
     rows = []
     baselines: dict[str, float] = {}
-    for (label, python, code), samples in zip(interpreters, timings):
+    for (label, python, code), samples in zip(interpreters, timings, strict=True):
         median = statistics.median(samples)
         baselines.setdefault(python, median)
         rows.append(
@@ -380,19 +419,19 @@ def cold_starts(runs: int, interpreters: list[tuple[str, str, str]], workdir: st
     return rows
 
 
-def cold_start_plan(toil_threading: Any, toil_python: str | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+def cold_start_plan(toil_python: str | None) -> list[tuple[str, str, str]]:
     bare = "import os; os.cpu_count()"
-    if hasattr(toil_threading, "cpu_count"):
-        ours, notes = "import toil_threading as t; t.cpu_count()", []
-    else:
-        ours = "import toil_threading"
-        notes = ["toil_threading has no cpu_count() yet: its cold start times `import toil_threading` alone."]
-    interpreters = [("bare interpreter", sys.executable, bare), ("toil_threading", sys.executable, ours)]
+    interpreters = [
+        ("bare interpreter", sys.executable, bare),
+        ("toil_threading", sys.executable, "import toil_threading as t; t.cpu_count()"),
+    ]
     if toil_python:
         if toil_python != sys.executable:
             interpreters.append(("bare interpreter (Toil's)", toil_python, bare))
-        interpreters.append(("Toil's module", toil_python, "import toil.lib.threading as t; t.cpu_count()"))
-    return interpreters, notes
+        interpreters.append(
+            ("Toil's module", toil_python, "import toil.lib.threading as t; t.cpu_count()")
+        )
+    return interpreters
 
 
 def figure(value: float, unit: str) -> str:
@@ -400,7 +439,11 @@ def figure(value: float, unit: str) -> str:
 
 
 def write_table(
-    out: TextIO, env: dict[str, str], results: list[Result], cold: list[dict[str, Any]], notes: list[str]
+    out: TextIO,
+    env: dict[str, str],
+    results: list[Result],
+    cold: list[dict[str, Any]],
+    notes: list[str],
 ) -> None:
     for key, value in env.items():
         print(f"{key + ':':16}{value}", file=out)
@@ -410,22 +453,28 @@ def write_table(
         unit = rows[0].unit
         better = "higher" if unit == "acquisitions/s" else "lower"
         print(f"\n{title} ({unit}, {better} is better; x floor = median / naive floor's)", file=out)
-        print(f"  {'implementation':22}{'median':>12}  {'spread (min-max)':>24}{'x floor':>10}", file=out)
+        print(
+            f"  {'implementation':22}{'median':>12}  {'spread (min-max)':>24}{'x floor':>10}",
+            file=out,
+        )
         for row in rows:
             spread = f"{figure(row.low, unit)}-{figure(row.high, unit)}"
             print(
-                f"  {row.implementation:22}{figure(row.median, unit):>12}  {spread:>24}{row.ratio_to_floor:>9.2f}x",
+                f"  {row.implementation:22}{figure(row.median, unit):>12}  {spread:>24}"
+                f"{row.ratio_to_floor:>9.2f}x",
                 file=out,
             )
     print(
-        "\ncold start, fresh interpreter (ms, wall clock; over bare = median - that interpreter's bare median)",
+        "\ncold start, fresh interpreter"
+        " (ms, wall clock; over bare = median - that interpreter's bare median)",
         file=out,
     )
     print(f"  {'what':28}{'median':>9}  {'spread (min-max)':>18}{'over bare':>11}  code", file=out)
     for start in cold:
         spread = f"{start['low_ms']:.1f}-{start['high_ms']:.1f}"
         print(
-            f"  {start['label']:28}{start['median_ms']:>9.1f}  {spread:>18}{start['over_bare_ms']:>+11.1f}"
+            f"  {start['label']:28}{start['median_ms']:>9.1f}  {spread:>18}"
+            f"{start['over_bare_ms']:>+11.1f}"
             f"  {start['code']}",
             file=out,
         )
@@ -460,18 +509,33 @@ def plot(path: str, results: list[Result], pyplot: Any) -> None:
 
 
 def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="/dev/shm", help="directory (and so filesystem) to work in")
-    parser.add_argument("--quick", action="store_true", help="fewer iterations and repeats (under a minute)")
-    parser.add_argument(
-        "--json", nargs="?", const="-", metavar="FILE", help="write all results as JSON (- or no FILE: stdout)"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--plot", metavar="FILE.png", help="plot contended throughput against process count")
+    parser.add_argument(
+        "--dir", default="/dev/shm", help="directory (and so filesystem) to work in"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer iterations and repeats (under a minute)"
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write all results as JSON (- or no FILE: stdout)",
+    )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="plot contended throughput against process count"
+    )
     parser.add_argument(
         "--toil-python",
         metavar="PYTHON",
         default=os.environ.get("TOIL_THREADING_TOIL_PYTHON"),
-        help="interpreter with toil.lib.threading (default: $TOIL_THREADING_TOIL_PYTHON, else this one if it has it)",
+        help=(
+            "interpreter with toil.lib.threading"
+            " (default: $TOIL_THREADING_TOIL_PYTHON, else this one if it has it)"
+        ),
     )
     return parser.parse_args()
 
@@ -495,17 +559,20 @@ def main() -> None:
     env = environment(args.dir, toil_threading)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="toil-threading-bench-") as workdir:
-        implementations, toil_python = contenders(toil_threading, build_floor(workdir), args.toil_python, env, notes)
+        implementations, toil_python = contenders(
+            toil_threading, build_floor(workdir), args.toil_python, env, notes
+        )
         root = tempfile.mkdtemp(prefix="toil-threading-bench-", dir=args.dir)
         try:
-            print(f"measuring in {root} ({'quick' if args.quick else 'full'} run):", file=sys.stderr)
+            print(
+                f"measuring in {root} ({'quick' if args.quick else 'full'} run):", file=sys.stderr
+            )
             results = run_benchmarks(implementations, plan, root)
         finally:
             shutil.rmtree(root)
         print("  cold starts", file=sys.stderr, flush=True)
-        interpreters, cold_notes = cold_start_plan(toil_threading, toil_python)
+        interpreters = cold_start_plan(toil_python)
         cold = cold_starts(plan.cold_start_runs, interpreters, workdir)
-        notes += cold_notes
     env["wall time"] = f"{time.monotonic() - started:.1f} s"
     table_out = sys.stderr if args.json == "-" else sys.stdout
     write_table(table_out, env, results, cold, notes)

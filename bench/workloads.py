@@ -77,7 +77,9 @@ def make_dead_files(directory: str, n: int) -> list[str]:
     while len(names) < n:
         name = "tmp" + os.urandom(6).hex()[:8]
         try:
-            os.close(os.open(os.path.join(directory, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            os.close(
+                os.open(os.path.join(directory, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            )
         except FileExistsError:
             continue
         names.append(name)
@@ -85,7 +87,11 @@ def make_dead_files(directory: str, n: int) -> list[str]:
 
 
 Loop = Callable[[Any, str, int], None]
-LOOPS: dict[str, Loop] = {"mutex": mutex_round_trips, "arena": arena_cycles, "name-live": name_cycles}
+LOOPS: dict[str, Loop] = {
+    "mutex": mutex_round_trips,
+    "arena": arena_cycles,
+    "name-live": name_cycles,
+}
 
 
 def open_descriptors() -> set[int]:
@@ -191,7 +197,9 @@ def contended_throughput(api: Any, directory: str, processes: int, seconds: floa
         stuck = [process.pid for process in children if process.is_alive()]
         failed = [process.exitcode for process in children if process.exitcode not in (0, None)]
         if stuck or failed:
-            raise RuntimeError(f"contending processes stuck {stuck} or failed (exit codes {failed})")
+            raise RuntimeError(
+                f"contending processes stuck {stuck} or failed (exit codes {failed})"
+            )
     finally:
         for process in children:
             if process.is_alive():
@@ -204,7 +212,10 @@ def contended_throughput(api: Any, directory: str, processes: int, seconds: floa
 def measure(api: Any, task: Task, directory: str) -> list[float]:
     """The samples of a task: ns per operation per repeat, or acquisitions per second."""
     if task.operation == "contend":
-        return [contended_throughput(api, directory, task.count, task.seconds) for _ in range(task.repeats)]
+        return [
+            contended_throughput(api, directory, task.count, task.seconds)
+            for _ in range(task.repeats)
+        ]
     if task.operation == "arena-cleanup":
         return [cleanup_leave(api, directory, task.count) for _ in range(task.repeats)]
     if task.operation == "name-dead":

@@ -266,11 +266,14 @@ def lock(int fd, bint block, bint shared, object timeout, object path):
 
 
 def unlock_and_close(int fd):
+    """Unlock and close fd.  Closing releases the lock anyway, so an unlock that fails
+    with EIO/ENOLCK (lock daemon trouble) or ESTALE (the file is gone on the server) is
+    not an error; close(2) frees the descriptor whatever it returns."""
     cdef int rc, err
     rc = flock(fd, LOCK_UN)
     err = errno
     close(fd)
-    if rc != 0 and err != EIO and err != ENOLCK:
+    if rc != 0 and err != EIO and err != ENOLCK and err != ESTALE:
         raise_errno(err, None)
 
 
@@ -429,12 +432,16 @@ cdef class HeldMutex:
                 if err == EINTR:
                     check_signals()
                     continue
-                if err == ESTALE or (err == ENOENT and directory_exists(self.base_dir)):
-                    continue  # another client changed the directory under our cache
+                if err == ESTALE or err == EEXIST or (err == ENOENT and directory_exists(self.base_dir)):
+                    # Another client changed the directory under our cache (a shared
+                    # filesystem can even answer EEXIST to an open without O_EXCL).
+                    continue
                 raise_errno(err, self.base_dir if err == ENOENT or err == ENOTDIR else self.shown())
             if fstatfs(fd, &filesystem) != 0:
                 err = errno
                 close(fd)
+                if err == ESTALE or err == ENOENT:
+                    continue
                 raise_errno(err, self.shown())
             if filesystem.f_type == CEPH_MAGIC:
                 close(fd)
@@ -536,9 +543,13 @@ cdef Liveness probe(
                 return ABSENT
             raise_errno(err, shown(directory, readable(name)))
         if flock(fd, LOCK_SH | LOCK_NB) != 0:
-            if errno == EAGAIN:
+            err = errno
+            if err == EAGAIN:
                 close(fd)
                 return ALIVE
+            if err == ESTALE or err == ENOENT:
+                close(fd)  # opened through a stale cache entry: the file is gone
+                return ABSENT
             try:  # not a plain "busy": the full policy (EINTR, EIO/ENOLCK retries)
                 lock_fd(fd, False, True, None, name)
             except BlockingIOError:
@@ -602,6 +613,11 @@ def claim(object directory, bint make_directory):
         except BlockingIOError:
             close(fd)  # a poller is looking at it, and will remove it
             continue
+        except OSError as error:
+            close(fd)
+            if error.errno == ESTALE or error.errno == ENOENT:
+                continue
+            raise
         except BaseException:
             close(fd)
             raise

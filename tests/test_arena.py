@@ -1,4 +1,4 @@
-"""LastProcessStandingArena with real processes, SIGKILL, descriptor counts and Toil's own module."""
+"""LastProcessStandingArena: real processes, SIGKILL, descriptor counts, Toil's own module."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import python_with_core, run_toil
 
 import toil_threading
-from conftest import python_with_core, run_toil
 
 fork = multiprocessing.get_context("fork")
 
@@ -115,7 +115,7 @@ def test_member_file_layout(core: str, shm_dir: Path) -> None:
         assert info.st_mode & 0o777 == 0o600
         assert not (shm_dir / "toil-mutex-work-arena-lock").exists()
     finally:
-        assert [True] == list(arena.leave())
+        assert list(arena.leave()) == [True]
 
 
 def test_descriptors_steady_with_a_live_member(core: str, shm_dir: Path, no_fd_leak: None) -> None:
@@ -133,7 +133,9 @@ def test_descriptors_steady_with_a_live_member(core: str, shm_dir: Path, no_fd_l
         other.join()
 
 
-def test_enter_twice_and_leave_unentered_are_refused(core: str, shm_dir: Path, no_fd_leak: None) -> None:
+def test_enter_twice_and_leave_unentered_are_refused(
+    core: str, shm_dir: Path, no_fd_leak: None
+) -> None:
     arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
     with pytest.raises(RuntimeError):
         list(arena.leave())
@@ -214,14 +216,25 @@ def test_mixed_with_toils_own_arena(core: str, shm_dir: Path, toil_python: str) 
     for index in range(6):
         args = [str(shm_dir), "30"]
         if index % 2:
-            runners.append(run_toil(toil_python, "import sys\nsys.argv[1:] = " + repr(args) + "\n"
-                                    + MIXED_MEMBER, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            runners.append(
+                run_toil(
+                    toil_python,
+                    "import sys\nsys.argv[1:] = " + repr(args) + "\n" + MIXED_MEMBER,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
         else:
-            runners.append(python_with_core(core, "import sys\nsys.argv[1:] = " + repr(args) + "\n"
-                                            + MIXED_MEMBER, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE))
+            runners.append(
+                python_with_core(
+                    core,
+                    "import sys\nsys.argv[1:] = " + repr(args) + "\n" + MIXED_MEMBER,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            )
     outputs = [runner.communicate(timeout=120) for runner in runners]
-    for runner, (out, err) in zip(runners, outputs):
+    for runner, (_, err) in zip(runners, outputs, strict=True):
         assert runner.returncode == 0, err
     assert sum(int(out) for out, _ in outputs) >= 1
     assert os.listdir(shm_dir / "stuff") == []
@@ -236,7 +249,8 @@ def test_mutex_exclusion_with_toils_own_mutex(core: str, shm_dir: Path, toil_pyt
         "for _ in range(200):\n"
         "    with toil_threading.global_mutex(base_dir, 'mixed'):\n"
         "        try:\n"
-        "            fd = os.open(os.path.join(base_dir, 'potato'), os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
+        "            potato = os.path.join(base_dir, 'potato')\n"
+        "            fd = os.open(potato, os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
         "        except FileExistsError:\n"
         "            violations += 1\n"
         "            continue\n"
@@ -246,13 +260,17 @@ def test_mutex_exclusion_with_toils_own_mutex(core: str, shm_dir: Path, toil_pyt
     )
     prefix = f"import sys\nsys.argv[1:] = [{str(shm_dir)!r}]\n"
     runners = [
-        (run_toil(toil_python, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-         if index % 2 else
-         python_with_core(core, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        (
+            run_toil(toil_python, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if index % 2
+            else python_with_core(
+                core, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        )
         for index in range(4)
     ]
     outputs = [runner.communicate(timeout=300) for runner in runners]
-    for runner, (out, err) in zip(runners, outputs):
+    for runner, (out, err) in zip(runners, outputs, strict=True):
         assert runner.returncode == 0, err
         assert out.strip() == "0", "mutual exclusion violated between Toil and this package"
     assert os.listdir(shm_dir) == []

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import python_with_core
 
 import toil_threading
-from conftest import python_with_core
 from toil_threading import _cli
 
 
@@ -134,8 +134,18 @@ def test_live_and_dead_members_and_names(core: str, lock_dir: Path) -> None:
         before = files_under(lock_dir)
         table = run_cli(core, "inspect", lock_dir)
         assert table.returncode == 1
-        assert table_row(table.stdout, "arena", "pool") == ["arena", "pool", "1", "alive,", "1", "dead"]
-        assert table_row(table.stdout, "member", f"pool/{live_member}")[2:4] == ["alive", str(live.pid)]
+        assert table_row(table.stdout, "arena", "pool") == [
+            "arena",
+            "pool",
+            "1",
+            "alive,",
+            "1",
+            "dead",
+        ]
+        assert table_row(table.stdout, "member", f"pool/{live_member}")[2:4] == [
+            "alive",
+            str(live.pid),
+        ]
         assert table_row(table.stdout, "member", f"pool/{dead_member}")[2:] == ["dead"]
         assert table_row(table.stdout, "name", live_name)[2:4] == ["alive", str(live.pid)]
         assert table_row(table.stdout, "name", dead_name)[2:] == ["dead"]
@@ -205,13 +215,18 @@ def test_inspecting_does_not_disturb_a_waiter(core: str, shm_dir: Path) -> None:
 
 def test_empty_directory(shm_dir: Path) -> None:
     done = run_cli("compiled", "inspect", shm_dir)
-    assert (done.returncode, done.stdout) == (0, f"{shm_dir}: no mutexes, arenas or process names\n")
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"{shm_dir}: no mutexes, arenas or process names\n",
+    )
 
 
 def test_runs_on_the_chosen_core(core: str) -> None:
     done = run_cli(core, "--version")
     assert done.returncode == 0
-    assert done.stdout.endswith({"compiled": "(compiled core)\n", "pure": "(pure-Python core)\n"}[core])
+    assert done.stdout.endswith(
+        {"compiled": "(compiled core)\n", "pure": "(pure-Python core)\n"}[core]
+    )
 
 
 def test_cpus() -> None:
@@ -240,13 +255,19 @@ def test_fs_on_tmpfs_is_safe() -> None:
     done = run_cli("compiled", "fs", "--json", "/dev/shm")
     assert done.returncode == 0
     report = json.loads(done.stdout)
-    assert (report["filesystem"], report["magic"], report["locks"]) == ("tmpfs", "0x01021994", "safe")
+    assert (report["filesystem"], report["magic"], report["locks"]) == (
+        "tmpfs",
+        "0x01021994",
+        "safe",
+    )
 
 
 def test_fs_on_the_test_disk(tmp_path: Path) -> None:
     done = run_cli("compiled", "fs", "--json", tmp_path)
     report = json.loads(done.stdout)
-    assert report["filesystem"] == toil_threading._fs_name(toil_threading._core.fs_type(str(tmp_path)))
+    assert report["filesystem"] == toil_threading._fs_name(
+        toil_threading._core.fs_type(str(tmp_path))
+    )
     assert report["locks"] != "refused" and report["reason"]
     assert done.returncode == 0
 
@@ -300,4 +321,6 @@ def test_console_script_and_help() -> None:
     assert done.stdout.startswith("usage: toil-threading ")
     for part in ("inspect", "cpus", "fs", "examples:", "exit status:"):
         assert part in done.stdout
-    assert run_cli("compiled", "fs", "/", command=[str(script)]).stdout.startswith("path        /\n")
+    assert run_cli("compiled", "fs", "/", command=[str(script)]).stdout.startswith(
+        "path        /\n"
+    )

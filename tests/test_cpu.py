@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import toil_threading
 from conftest import python_with_core, skip_or_fail
 
+import toil_threading
+
 V1_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu\n"
-V1_COMBINED_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+V1_COMBINED_MOUNT = (
+    "25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+)
 V1_OTHER_MOUNT = "26 20 0:23 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
 V2_MOUNT = "30 20 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
 ROOT_MOUNT = "20 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
@@ -244,7 +246,10 @@ def fresh_cpu_count(core: str, prefix: list[str] | None = None, code: str = "") 
 
         return subprocess.run(
             [*prefix, sys.executable, "-c", core_prelude(core) + program],
-            capture_output=True, text=True, check=True, cwd="/",
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
         ).stdout.strip()
     child = python_with_core(core, program, stdout=subprocess.PIPE)
     return child.communicate(timeout=60)[0].strip()
@@ -300,7 +305,10 @@ def run_in_cgroup(core: str, group: Path) -> str:
     script = f'echo $$ > "{group}/cgroup.procs" && exec "$0" -c "$1"'
     return subprocess.run(
         ["sh", "-c", script, sys.executable, program],
-        capture_output=True, text=True, check=True, cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     ).stdout.strip()
 
 
@@ -324,9 +332,7 @@ def test_real_v1_quota_on_the_parent_applies_to_the_child(core: str, v1_cgroup: 
 def test_import_and_cpu_count_import_nothing_third_party_or_slow(core: str) -> None:
     child = python_with_core(
         core,
-        "import sys\n"
-        "toil_threading.cpu_count()\n"
-        "print(' '.join(sorted(sys.modules)))\n",
+        "import sys\ntoil_threading.cpu_count()\nprint(' '.join(sorted(sys.modules)))\n",
         stdout=subprocess.PIPE,
     )
     loaded = child.communicate(timeout=60)[0].split()
@@ -340,4 +346,6 @@ def test_import_and_cpu_count_import_nothing_third_party_or_slow(core: str) -> N
     ]
     assert foreign == []
     # The cold-start promise: none of these slow standard modules is needed either.
-    assert [slow for slow in ("typing", "logging", "threading", "re", "collections") if slow in loaded] == []
+    assert [
+        slow for slow in ("typing", "logging", "threading", "re", "collections") if slow in loaded
+    ] == []

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import python_with_core
 
 pytestmark = pytest.mark.skipif(
@@ -125,7 +124,9 @@ def expect_line(proc: subprocess.Popen[str], want: str, timeout: float = PATIENC
     if line != want:
         proc.kill()
         _, stderr = proc.communicate()
-        pytest.fail(f"child printed {line!r} instead of {want!r} (exit {proc.returncode}):\n{stderr}")
+        pytest.fail(
+            f"child printed {line!r} instead of {want!r} (exit {proc.returncode}):\n{stderr}"
+        )
 
 
 def finish(
@@ -280,9 +281,7 @@ def test_backoff_doubles_and_is_capped(
     assert logged(err, "CRITICAL") == [], err
 
 
-def test_eintr_is_retried_silently(
-    core: str, faultlib: str, marker: str, tmp_path: Path
-) -> None:
+def test_eintr_is_retried_silently(core: str, faultlib: str, marker: str, tmp_path: Path) -> None:
     path = open_target(tmp_path, marker)
     # A back-off this long would show if EINTR were mistaken for EIO/ENOLCK.
     env = fault_env(faultlib, marker, errno.EINTR, 50, backoff="5")
@@ -304,8 +303,7 @@ def test_unlisted_errno_raised_at_once(
     # second call proves just that one failure was used.
     env = fault_env(faultlib, marker, errno.ENOMEM, 1, backoff="2")
     code = LOCK_ONCE.format(path=str(path), args="") + (
-        "toil_threading.safe_lock(fd)\n"
-        "print('second locked', flush=True)\n"
+        "toil_threading.safe_lock(fd)\nprint('second locked', flush=True)\n"
     )
     with spawn(core, code, env) as proc:
         out, err = finish(proc)
@@ -318,9 +316,7 @@ def test_unlisted_errno_raised_at_once(
     assert logged(err, "ERROR") == [] and logged(err, "CRITICAL") == [], err
 
 
-def test_global_mutex_survives_eio(
-    core: str, faultlib: str, marker: str, tmp_path: Path
-) -> None:
+def test_global_mutex_survives_eio(core: str, faultlib: str, marker: str, tmp_path: Path) -> None:
     base = tmp_path / marker
     base.mkdir()
     mutex_file = base / "toil-mutex-job"
@@ -374,9 +370,7 @@ print("locked", flush=True)
     assert logged(err, "CRITICAL") == [], err
 
 
-def test_timeout_cuts_backoff_short(
-    core: str, faultlib: str, marker: str, tmp_path: Path
-) -> None:
+def test_timeout_cuts_backoff_short(core: str, faultlib: str, marker: str, tmp_path: Path) -> None:
     path = open_target(tmp_path, marker)
     env = fault_env(faultlib, marker, errno.EIO, -1, backoff="10")
     outcome, elapsed, err = run_lock_once(core, env, path, args=", timeout=0.3", timeout=10)
@@ -403,7 +397,8 @@ for attempt in (
         attempt()
         print("allowed")
     except RuntimeError as error:
-        print("refused", "Ceph" in str(error), "try /scratch" in str(error) or "Use a directory" in str(error))
+        hinted = "try /scratch" in str(error) or "Use a directory" in str(error)
+        print("refused", "Ceph" in str(error), hinted)
 print(sorted(os.listdir({str(base)!r})), len(os.listdir("/proc/self/fd")) < 64)
 """
     with spawn(core, code, env) as proc:

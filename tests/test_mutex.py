@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import fds_open_on, python_with_core
 
 import toil_threading
-from conftest import fds_open_on, python_with_core
 
 fork = multiprocessing.get_context("fork")
 
 
-def hammer(base_dir: str, potato: str, rounds: int, start: multiprocessing.synchronize.Event) -> None:
+def hammer(
+    base_dir: str, potato: str, rounds: int, start: multiprocessing.synchronize.Event
+) -> None:
     """Take the mutex `rounds` times; inside, prove exclusion with an exclusive-create file."""
     start.wait()
     violations = 0
@@ -37,7 +39,9 @@ def hammer(base_dir: str, potato: str, rounds: int, start: multiprocessing.synch
 
 
 @pytest.mark.parametrize("processes,rounds", [(8, 100)])
-def test_mutual_exclusion_between_processes(core: str, lock_dir: Path, processes: int, rounds: int) -> None:
+def test_mutual_exclusion_between_processes(
+    core: str, lock_dir: Path, processes: int, rounds: int
+) -> None:
     potato = str(lock_dir / "potato")
     start = fork.Event()
     workers = [
@@ -78,9 +82,11 @@ def test_sigkilled_holder_frees_the_mutex(core: str, lock_dir: Path, no_fd_leak:
     holder.start()
     try:
         assert ready.wait(30)
-        with pytest.raises(TimeoutError):
-            with toil_threading.global_mutex(lock_dir, "held", timeout=0.2):
-                pass
+        with (
+            pytest.raises(TimeoutError),
+            toil_threading.global_mutex(lock_dir, "held", timeout=0.2),
+        ):
+            pass
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(30)
         started = time.monotonic()
@@ -190,13 +196,10 @@ def test_locked_file_is(core: str, shm_dir: Path, no_fd_leak: None) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize(
-    "name", ["", ".", "..", "a/b", "/abs", "nul\0byte", "x" * 250, "é" * 130]
-)
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/abs", "nul\0byte", "x" * 250, "é" * 130])
 def test_bad_mutex_names_touch_nothing(core: str, shm_dir: Path, name: str) -> None:
-    with pytest.raises(ValueError, match="mutex name"):
-        with toil_threading.global_mutex(shm_dir, name):
-            pass
+    with pytest.raises(ValueError, match="mutex name"), toil_threading.global_mutex(shm_dir, name):
+        pass
     assert os.listdir(shm_dir) == []
 
 
@@ -227,9 +230,8 @@ def test_timeout_needs_a_blocking_lock(core: str) -> None:
 
 def test_missing_base_dir_is_named(core: str, tmp_path: Path, no_fd_leak: None) -> None:
     missing = tmp_path / "missing"
-    with pytest.raises(FileNotFoundError) as raised:
-        with toil_threading.global_mutex(missing, "m"):
-            pass
+    with pytest.raises(FileNotFoundError) as raised, toil_threading.global_mutex(missing, "m"):
+        pass
     assert raised.value.filename == str(missing)
     assert not missing.exists()
 
@@ -237,20 +239,20 @@ def test_missing_base_dir_is_named(core: str, tmp_path: Path, no_fd_leak: None) 
 def test_base_dir_that_is_a_file_is_named(core: str, tmp_path: Path, no_fd_leak: None) -> None:
     plain = tmp_path / "plain"
     plain.write_text("not a directory")
-    with pytest.raises(NotADirectoryError) as raised:
-        with toil_threading.global_mutex(plain, "m"):
-            pass
+    with pytest.raises(NotADirectoryError) as raised, toil_threading.global_mutex(plain, "m"):
+        pass
     assert raised.value.filename == str(plain)
     assert plain.read_text() == "not a directory"
 
 
-def test_symlink_at_the_lock_path_is_not_followed(core: str, tmp_path: Path, no_fd_leak: None) -> None:
+def test_symlink_at_the_lock_path_is_not_followed(
+    core: str, tmp_path: Path, no_fd_leak: None
+) -> None:
     target = tmp_path / "precious"
     target.write_text("keep me")
     (tmp_path / "toil-mutex-m").symlink_to(target)
-    with pytest.raises(OSError) as raised:
-        with toil_threading.global_mutex(tmp_path, "m", timeout=1):
-            pass
+    with pytest.raises(OSError) as raised, toil_threading.global_mutex(tmp_path, "m", timeout=1):
+        pass
     assert raised.value.errno == errno.ELOOP
     assert target.read_text() == "keep me"
     assert (tmp_path / "toil-mutex-m").is_symlink()
@@ -258,13 +260,14 @@ def test_symlink_at_the_lock_path_is_not_followed(core: str, tmp_path: Path, no_
 
 def test_dangling_symlink_is_not_created_through(core: str, tmp_path: Path) -> None:
     (tmp_path / "toil-mutex-m").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(OSError):
-        with toil_threading.global_mutex(tmp_path, "m", timeout=1):
-            pass
+    with pytest.raises(OSError), toil_threading.global_mutex(tmp_path, "m", timeout=1):
+        pass
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_descriptors_after_many_acquisitions_and_failures(core: str, shm_dir: Path, no_fd_leak: None) -> None:
+def test_descriptors_after_many_acquisitions_and_failures(
+    core: str, shm_dir: Path, no_fd_leak: None
+) -> None:
     for _ in range(200):
         with toil_threading.global_mutex(shm_dir, "m"):
             pass
@@ -280,9 +283,8 @@ def test_descriptors_after_many_acquisitions_and_failures(core: str, shm_dir: Pa
             os._exit(0)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     for _ in range(20):
-        with pytest.raises(FileNotFoundError):
-            with toil_threading.global_mutex(shm_dir / "nope", "m"):
-                pass
+        with pytest.raises(FileNotFoundError), toil_threading.global_mutex(shm_dir / "nope", "m"):
+            pass
 
 
 def test_mutex_descriptor_is_close_on_exec(core: str, shm_dir: Path) -> None:
@@ -295,9 +297,8 @@ def test_mutex_descriptor_is_close_on_exec(core: str, shm_dir: Path) -> None:
 
 def test_reentering_one_hold_is_refused(core: str, shm_dir: Path) -> None:
     hold = toil_threading.global_mutex(shm_dir, "m")
-    with hold:
-        with pytest.raises(RuntimeError):
-            hold.__enter__()
+    with hold, pytest.raises(RuntimeError):
+        hold.__enter__()
     assert os.listdir(shm_dir) == []
 
 
@@ -342,7 +343,9 @@ def test_ctrl_c_interrupts_a_blocked_wait_promptly(core: str, shm_dir: Path) -> 
 
 
 @pytest.mark.parametrize("timeout", [None, 5.0])
-def test_harmless_signals_do_not_break_a_wait(core: str, shm_dir: Path, timeout: float | None) -> None:
+def test_harmless_signals_do_not_break_a_wait(
+    core: str, shm_dir: Path, timeout: float | None
+) -> None:
     with toil_threading.global_mutex(shm_dir, "m"):
         child = python_with_core(
             core,
@@ -381,7 +384,12 @@ def test_harmless_signals_do_not_break_a_wait(core: str, shm_dir: Path, timeout:
 def test_retry_policy_is_settable_and_validated(core: str) -> None:
     old = toil_threading.set_lock_retry_policy(max_tries=3, backoff=0.5)
     assert toil_threading.lock_retry_policy() == (3, 0.5, old.max_backoff)
-    for bad in ({"max_tries": 0}, {"max_tries": 2.5}, {"backoff": -1}, {"max_backoff": float("inf")}):
+    for bad in (
+        {"max_tries": 0},
+        {"max_tries": 2.5},
+        {"backoff": -1},
+        {"max_backoff": float("inf")},
+    ):
         with pytest.raises(ValueError):
             toil_threading.set_lock_retry_policy(**bad)  # type: ignore[arg-type]
     assert toil_threading.lock_retry_policy() == (3, 0.5, old.max_backoff)
@@ -415,8 +423,11 @@ def test_retry_policy_from_the_environment(core: str) -> None:
 
 @pytest.mark.parametrize(
     "variable,value",
-    [("TOIL_THREADING_LOCK_MAX_TRIES", "many"), ("TOIL_THREADING_LOCK_MAX_TRIES", "0"),
-     ("TOIL_THREADING_LOCK_BACKOFF", "-3")],
+    [
+        ("TOIL_THREADING_LOCK_MAX_TRIES", "many"),
+        ("TOIL_THREADING_LOCK_MAX_TRIES", "0"),
+        ("TOIL_THREADING_LOCK_BACKOFF", "-3"),
+    ],
 )
 def test_bad_retry_environment_is_named(core: str, variable: str, value: str) -> None:
     child = python_with_core(

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import fds_open_on, python_with_core, run_toil, skip_or_fail
 
 import toil_threading
-from conftest import fds_open_on, python_with_core, run_toil, skip_or_fail
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,9 @@ def test_name_is_stable_and_on_disk(core: str, shm_dir: Path, tmp_path: Path) ->
 
 
 def test_alive_while_owner_lives_then_dead_and_removed(core: str, lock_dir: Path) -> None:
-    owner = python_with_core(core, owner_code(lock_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    owner = python_with_core(
+        core, owner_code(lock_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         name = named_owner(owner)
         assert (lock_dir / name).exists()
@@ -68,7 +70,9 @@ def test_alive_while_owner_lives_then_dead_and_removed(core: str, lock_dir: Path
 
 
 def test_name_files_are_removed_at_exit(core: str, shm_dir: Path) -> None:
-    owner = python_with_core(core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    owner = python_with_core(
+        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     name = named_owner(owner)
     owner.communicate("\n", timeout=30)
     assert owner.returncode == 0
@@ -108,7 +112,9 @@ def test_missing_base_dir(core: str, tmp_path: Path) -> None:
     assert toil_threading.current_process_name_for == {}
 
 
-def test_name_of_a_cleaned_directory_is_replaced(core: str, tmp_path: Path, no_fd_leak: None) -> None:
+def test_name_of_a_cleaned_directory_is_replaced(
+    core: str, tmp_path: Path, no_fd_leak: None
+) -> None:
     base = tmp_path / "work"
     base.mkdir()
     first = toil_threading.get_process_name(base)
@@ -144,7 +150,9 @@ def test_forked_child_has_its_own_name(core: str, shm_dir: Path) -> None:
     os.waitpid(pid, 0)
     assert ok == "True"
     assert child_name != parent_name
-    assert toil_threading.process_name_exists(shm_dir, parent_name), "the child unlocked the parent's name"
+    assert toil_threading.process_name_exists(shm_dir, parent_name), (
+        "the child unlocked the parent's name"
+    )
     assert not toil_threading.process_name_exists(shm_dir, child_name)
 
 
@@ -190,7 +198,7 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
     try:
         name = named_owner(owner)
         deadline = time.monotonic() + 10
-        while open(f"/proc/{owner.pid}/comm").read().strip() != "sleep":
+        while Path(f"/proc/{owner.pid}/comm").read_text().strip() != "sleep":
             assert time.monotonic() < deadline, "the owner never exec'd"
             time.sleep(0.01)
         assert owner.poll() is None
@@ -202,9 +210,10 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
 
 def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
     unshare = shutil.which("unshare")
-    if unshare is None or subprocess.run(
-        [unshare, "--pid", "--fork", "true"], capture_output=True
-    ).returncode != 0:
+    if (
+        unshare is None
+        or subprocess.run([unshare, "--pid", "--fork", "true"], capture_output=True).returncode != 0
+    ):
         skip_or_fail("needs unshare(1) and the right to make PID namespaces (root)")
     code = (
         "import os, sys, toil_threading\n"
@@ -215,8 +224,19 @@ def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
 
     owners = [
         subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", core_prelude(core) + code],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                sys.executable,
+                "-c",
+                core_prelude(core) + code,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd="/",
         )
         for _ in range(2)
     ]
@@ -236,8 +256,12 @@ def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
 
 
 def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_python: str) -> None:
-    toil_owner = run_toil(toil_python, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    ours = python_with_core(core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    toil_owner = run_toil(
+        toil_python, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    ours = python_with_core(
+        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         toil_name = named_owner(toil_owner)
         our_name = named_owner(ours)
@@ -269,7 +293,9 @@ def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_pyt
 
 def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak: None) -> None:
     core_module = toil_threading._core
-    owner = python_with_core(core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    owner = python_with_core(
+        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     try:
         name = named_owner(owner)
         assert core_module.held(str(shm_dir), name, False) is True

@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import CORES, load_core
 
 import toil_threading
-from conftest import CORES, load_core
 
 needs_compiled = pytest.mark.skipif(
     "compiled" not in CORES, reason="testing an install made without the compiled core"
@@ -74,7 +74,9 @@ def crossing(module: object) -> dict[str, inspect.Signature]:
     return {
         name: inspect.signature(value)
         for name, value in vars(module).items()
-        if callable(value) and not name.startswith("_") and not isinstance(value, type)
+        if callable(value)
+        and not name.startswith("_")
+        and not isinstance(value, type)
         and str(getattr(value, "__module__", "")).startswith("toil_threading.")
     }
 
@@ -113,7 +115,10 @@ THREAD_RAISES = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThread
 def test_exceptional_thread_doctests() -> None:
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    tests = finder.find(toil_threading.ExceptionalThread, globs={"ExceptionalThread": toil_threading.ExceptionalThread})
+    tests = finder.find(
+        toil_threading.ExceptionalThread,
+        globs={"ExceptionalThread": toil_threading.ExceptionalThread},
+    )
     for test in tests:
         runner.run(test)
     result = runner.summarize(verbose=False)

@@ -16,9 +16,9 @@ import atexit
 import os
 import sys
 
+from . import _impl
 from ._protocol import ARENA_MEMBERS_SUFFIX, ARENA_MUTEX_SUFFIX, MUTEX_PREFIX
 from ._protocol import FILESYSTEM_NAMES as _FS_NAMES
-from . import _impl
 
 # The core in use: every call goes through this name, so tests can switch it (_use_core).
 _core = _impl.core
@@ -26,15 +26,14 @@ _core = _impl.core
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from types import ModuleType
-    from collections.abc import Callable
-    from typing import TypeVar, Union
+    from typing import TypeVar
 
     from ._exceptional import ExceptionalThread
 
-    StrPath = Union[str, os.PathLike[str]]
+    StrPath = str | os.PathLike[str]
     Number = TypeVar("Number", int, float)
     logger: logging.Logger
 
@@ -55,10 +54,10 @@ __all__ = [
     "get_process_name",
     "global_mutex",
     "lock_retry_policy",
-    "parse_quota_cgroups1",
-    "parse_quota_cgroups2",
     "locked_file_is",
     "logger",
+    "parse_quota_cgroups1",
+    "parse_quota_cgroups2",
     "process_name_exists",
     "safe_lock",
     "safe_unlock_and_close",
@@ -95,6 +94,7 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | {"logger", "ExceptionalThread"})
 
+
 #: True when the compiled core is in use, False for the pure-Python twin.
 ACCELERATED: bool = _core.__name__.endswith("_core_c")
 
@@ -129,7 +129,9 @@ class LockRetryPolicy(tuple):  # type: ignore[type-arg]
         return self[2]  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
-        return f"LockRetryPolicy(max_tries={self[0]!r}, backoff={self[1]!r}, max_backoff={self[2]!r})"
+        return (
+            f"LockRetryPolicy(max_tries={self[0]!r}, backoff={self[1]!r}, max_backoff={self[2]!r})"
+        )
 
 
 def lock_retry_policy() -> LockRetryPolicy:
@@ -158,8 +160,10 @@ def set_lock_retry_policy(
         raise ValueError(f"max_tries must be a whole number of at least 1, not {new.max_tries!r}")
     for field in ("backoff", "max_backoff"):
         value = getattr(new, field)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            0 <= value < float("inf")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (0 <= value < float("inf"))
         ):
             raise ValueError(f"{field} must be a finite number of seconds >= 0, not {value!r}")
     _core.set_retry_policy(new.max_tries, float(new.backoff), float(new.max_backoff))
@@ -217,7 +221,9 @@ def _check_name(name: str, what: str, extra: int) -> None:
         raise ValueError(f"{what} {name!r} is too long for a file name ({_NAME_MAX} bytes)")
 
 
-def safe_lock(fd: int, block: bool = True, shared: bool = False, *, timeout: float | None = None) -> None:
+def safe_lock(
+    fd: int, block: bool = True, shared: bool = False, *, timeout: float | None = None
+) -> None:
     """Take an flock on fd, retrying EIO and ENOLCK with back-off.
 
     Raises OSError with EACCES or EAGAIN when a non-blocking lock is not immediately
@@ -252,7 +258,9 @@ def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | N
     if kind == _core.CEPH_SUPER_MAGIC:
         raise _unlockable(path, hint)
     if _debug_enabled():
-        _get_logger().debug("%s is on a %s filesystem: locks are allowed there", path, _fs_name(kind))
+        _get_logger().debug(
+            "%s is on a %s filesystem: locks are allowed there", path, _fs_name(kind)
+        )
 
 
 def _unlockable(path: str, hint: str | None) -> RuntimeError:
@@ -392,7 +400,11 @@ class LastProcessStandingArena:
 
     def __init__(self, base_dir: StrPath, name: str) -> None:
         base_dir = os.fspath(base_dir)
-        _check_name(name, "arena name", max(len(MUTEX_PREFIX + ARENA_MUTEX_SUFFIX), len(ARENA_MEMBERS_SUFFIX)))
+        _check_name(
+            name,
+            "arena name",
+            max(len(MUTEX_PREFIX + ARENA_MUTEX_SUFFIX), len(ARENA_MEMBERS_SUFFIX)),
+        )
         self.base_dir = base_dir
         self.name = name
         self.mutex = name + ARENA_MUTEX_SUFFIX
@@ -412,7 +424,9 @@ class LastProcessStandingArena:
             try:
                 self.lockfileFD, self.lockfileName = _core.claim(self.lockfileDir, True)
             except OSError as error:
-                raise RuntimeError(f"could not join the arena in {self.lockfileDir}: {error}") from error
+                raise RuntimeError(
+                    f"could not join the arena in {self.lockfileDir}: {error}"
+                ) from error
 
     def leave(self) -> Iterator[bool]:
         """Leave the arena; yields once if this process is the last one standing.
@@ -436,7 +450,9 @@ class LastProcessStandingArena:
                 except FileNotFoundError:
                     pass
                 except OSError as error:
-                    _get_logger().warning("could not remove the arena directory %s: %s", self.lockfileDir, error)
+                    _get_logger().warning(
+                        "could not remove the arena directory %s: %s", self.lockfileDir, error
+                    )
 
 
 # CPU count: the tightest of the machine, the affinity mask and every cgroup quota.
@@ -455,7 +471,7 @@ class CpuLimit(tuple):  # type: ignore[type-arg]
 
     @property
     def source(self) -> str:
-        """"machine", "affinity", "cgroup v1", "cgroup v2" or "cgroup"."""
+        """ "machine", "affinity", "cgroup v1", "cgroup v2" or "cgroup"."""
         return self[0]  # type: ignore[no-any-return]
 
     @property

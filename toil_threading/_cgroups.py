@@ -96,7 +96,7 @@ def _cgroup_directories(root: str, mount_root: str, mount_point: str, path: str)
     prefix = mount_root.rstrip("/")
     leaf = top
     if path == prefix or path.startswith(prefix + "/"):
-        candidate = top + path[len(prefix):].rstrip("/")
+        candidate = top + path[len(prefix) :].rstrip("/")
         if os.path.isdir(candidate):
             leaf = candidate
     directories = [leaf]

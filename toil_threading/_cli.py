@@ -66,7 +66,9 @@ class Inspection:
     @property
     def held(self) -> bool:
         members = [member for arena in self.arenas for member in arena.members]
-        return any(found.state in _LOCKED_STATES for found in [*self.mutexes, *members, *self.names])
+        return any(
+            found.state in _LOCKED_STATES for found in [*self.mutexes, *members, *self.names]
+        )
 
 
 def _exclusive_flock_holders() -> dict[tuple[int, int], int]:
@@ -180,15 +182,16 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
     """Print rows as columns aligned on their widest cell (the last column is not padded)."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [
+            row[-1]
+        ]
         print("  ".join(cells).rstrip())
 
 
 def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
-    if found.pid is not None:
-        pid = str(found.pid)
-    else:  # held by a process /proc/locks does not show: another host or PID namespace
-        pid = "?" if found.state in _LOCKED_STATES else ""
+    pid = "" if found.pid is None else str(found.pid)
+    if found.pid is None and found.state in _LOCKED_STATES:
+        pid = "?"  # held by a process /proc/locks does not show: another host or PID namespace
     # On one line: a `python -c` program has newlines in it.
     command = " ".join(" ".join(found.command).split()) if found.command else ""
     return (kind, name, found.state, pid, command)
@@ -204,7 +207,8 @@ def _print_inspection(found: Inspection) -> None:
         counts = [f"{arena.count(state)} {state}" for state in _MEMBER_STATES if arena.count(state)]
         rows.append(("arena", arena.name, ", ".join(counts) or "empty", "", ""))
         rows += [
-            _lock_file_row("member", f"{arena.name}/{member.name}", member) for member in arena.members
+            _lock_file_row("member", f"{arena.name}/{member.name}", member)
+            for member in arena.members
         ]
     rows += [_lock_file_row("name", name.name, name) for name in found.names]
     _print_table(rows)
@@ -241,7 +245,8 @@ def _run_cpus(args: argparse.Namespace) -> int:
     answer = toil_threading.explain_cpu_count()  # what cpu_count() works out, and caches
     if args.json:
         limits = [
-            {"source": source, "cpus": cpus, "detail": detail} for source, cpus, detail in answer.limits
+            {"source": source, "cpus": cpus, "detail": detail}
+            for source, cpus, detail in answer.limits
         ]
         print(json.dumps({"cpus": answer.count, "limits": limits}, indent=2))
     elif args.explain:
@@ -266,7 +271,8 @@ _CLUSTER = ("depends", "a cluster filesystem: flock between nodes depends on how
 _FILESYSTEM_SAFETY = {
     "tmpfs": (
         "safe",
-        "in memory, local to this machine: flock works between all processes here, containers included",
+        "in memory, local to this machine:"
+        " flock works between all processes here, containers included",
     ),
     "ext2/ext3/ext4": _LOCAL_DISK,
     "xfs": _LOCAL_DISK,
@@ -283,7 +289,10 @@ _FILESYSTEM_SAFETY = {
             "flock fails with ENOLCK"
         ),
     ),
-    "fuse": ("depends", "a FUSE filesystem: flock works between processes only if its server does it"),
+    "fuse": (
+        "depends",
+        "a FUSE filesystem: flock works between processes only if its server does it",
+    ),
     "smb": _SMB_SHARE,
     "cifs": _SMB_SHARE,
     "smb2": _SMB_SHARE,
@@ -410,12 +419,16 @@ def _parser() -> argparse.ArgumentParser:
     cpus = commands.add_parser(
         "cpus",
         help="print what cpu_count() answers, and with --explain why",
-        description="Print the number of whole CPUs this process may use, as cpu_count() works it out.",
+        description=(
+            "Print the number of whole CPUs this process may use, as cpu_count() works it out."
+        ),
     )
     cpus.add_argument(
         "--explain",
         action="store_true",
-        help="also list each limit considered (machine, affinity, each cgroup level) and its source",
+        help=(
+            "also list each limit considered (machine, affinity, each cgroup level) and its source"
+        ),
     )
     cpus.add_argument("--json", action="store_true", help="print JSON (the answer and every limit)")
     cpus.set_defaults(run=_run_cpus)

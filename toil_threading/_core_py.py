@@ -13,16 +13,16 @@ import os
 import sys
 import time
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
-
 # The cgroup and affinity walk: the compiled core includes the same source.
 from ._cgroups import cpu_limits as cpu_limits
 from ._cgroups import parse_quota_v1 as parse_quota_v1
 from ._cgroups import parse_quota_v2 as parse_quota_v2
 from ._protocol import CEPH, NAME_CHARACTERS, NAME_LENGTH, NAME_PREFIX, SHARED_FILESYSTEMS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def _log(level: str, message: str, *args: object) -> None:
@@ -30,6 +30,7 @@ def _log(level: str, message: str, *args: object) -> None:
     import logging
 
     getattr(logging.getLogger("toil_threading"), level)(message, *args)
+
 
 # The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
 _policy = (10, 1.0, 60.0)
@@ -90,9 +91,15 @@ def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: s
             if err in _RETRIED:
                 failures += 1
                 if failures < max_tries:
-                    _log("error",
+                    _log(
+                        "error",
                         "flock on %s failed with %s (try %d of %d); retrying in %g s",
-                        where, os.strerror(err), failures, max_tries, backoff)
+                        where,
+                        os.strerror(err),
+                        failures,
+                        max_tries,
+                        backoff,
+                    )
                     if deadline is not None and left < backoff:
                         time.sleep(left)
                         raise TimeoutError(
@@ -101,12 +108,17 @@ def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: s
                     time.sleep(backoff)
                     backoff = min(backoff * 2, max_backoff)
                     continue
-                _log("critical",
+                _log(
+                    "critical",
                     "giving up on flock of %s after %d tries: %s. %s",
-                    where, failures, os.strerror(err),
+                    where,
+                    failures,
+                    os.strerror(err),
                     "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
-                    if err == errno.ENOLCK else
-                    "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks")
+                    if err == errno.ENOLCK
+                    else "EIO from flock is typical of a Ceph MDS in trouble;"
+                    " Ceph is not safe for locks",
+                )
             raise OSError(err, os.strerror(err), path) from None
 
 
@@ -114,15 +126,27 @@ def lock(fd: int, block: bool, shared: bool, timeout: float | None, path: str | 
     _lock_fd(fd, block, shared, _deadline_of(timeout), path)
 
 
+def _close(fd: int) -> None:
+    """close(2) frees the descriptor whatever it returns (ESTALE on a shared filesystem)."""
+    try:
+        os.close(fd)
+    except OSError as error:
+        if error.errno == errno.EBADF:
+            raise
+
+
 def unlock_and_close(fd: int) -> None:
+    """Unlock and close fd.  Closing releases the lock anyway, so an unlock that fails
+    with EIO/ENOLCK (lock daemon trouble) or ESTALE (the file is gone on the server) is
+    not an error."""
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError as error:
-        os.close(fd)
-        if error.errno not in _RETRIED:
+        _close(fd)
+        if error.errno not in (*_RETRIED, errno.ESTALE):
             raise
         return
-    os.close(fd)
+    _close(fd)
 
 
 def _is_same(fd: int, path: str, fresh: bool) -> bool | None:
@@ -204,7 +228,7 @@ class HeldMutex:
     where locks are unsafe (checked on every acquisition, as Toil does).
     """
 
-    __slots__ = ("base_dir", "filename", "_timeout", "_refusal", "_path", "_fd", "_id", "_fresh")
+    __slots__ = ("_fd", "_fresh", "_id", "_path", "_refusal", "_timeout", "base_dir", "filename")
 
     def __init__(
         self,
@@ -229,10 +253,12 @@ class HeldMutex:
             try:
                 fd = os.open(path, _MUTEX_FLAGS, 0o666)
             except OSError as error:
-                if error.errno == errno.ESTALE or (
+                if error.errno in (errno.ESTALE, errno.EEXIST) or (
                     error.errno == errno.ENOENT and _directory_exists(self.base_dir)
                 ):
-                    continue  # another client changed the directory under our cache
+                    # Another client changed the directory under our cache (a shared
+                    # filesystem can even answer EEXIST to an open without O_EXCL).
+                    continue
                 if error.errno in (errno.ENOENT, errno.ENOTDIR):
                     raise OSError(error.errno, error.strerror, self.base_dir) from None
                 raise
@@ -245,21 +271,22 @@ class HeldMutex:
                 _lock_fd(fd, True, False, deadline, path)
                 info = os.fstat(fd)
                 identity = (info.st_dev, info.st_ino)
-                if not (self._fresh and info.st_nlink == 0) and _identity_at(
-                    path, self._fresh
-                ) == identity:
+                if (
+                    not (self._fresh and info.st_nlink == 0)
+                    and _identity_at(path, self._fresh) == identity
+                ):
                     self._fd, self._id = fd, identity
                     return
             except OSError as error:
-                os.close(fd)
+                _close(fd)
                 if error.errno in _VANISHED:
                     continue
                 raise
             except BaseException:
-                os.close(fd)
+                _close(fd)
                 raise
             # The previous holder unlinked (or someone replaced) the file while we waited.
-            os.close(fd)
+            _close(fd)
 
     def __enter__(self) -> None:
         if self._fd >= 0:
@@ -299,7 +326,7 @@ def _identity_at(path: str, fresh: bool) -> tuple[int, int] | None:
             try:
                 info = os.fstat(named_fd)
             finally:
-                os.close(named_fd)
+                _close(named_fd)
     except OSError as error:
         if error.errno in _VANISHED:
             return None
@@ -319,10 +346,14 @@ def _unlinked(path: str) -> bool:
 
 
 def _log_lost_lock_file(path: str, found: object) -> None:
-    _log("error",
+    _log(
+        "error",
         "lock file %s was %s while its lock was held (by pid %d): "
         "something outside the locking protocol touched it",
-        path, "removed" if found is None else "replaced", os.getpid())
+        path,
+        "removed" if found is None else "replaced",
+        os.getpid(),
+    )
 
 
 def release(fd: int, base_dir: str, filename: str) -> None:
@@ -352,10 +383,15 @@ def _probe(path: str, remove_dead: bool, fresh: bool) -> bool | None:
         try:
             _lock_fd(fd, False, True, None, path)
         except BlockingIOError:
-            os.close(fd)
+            _close(fd)
             return True
+        except OSError as error:
+            _close(fd)
+            if error.errno in _VANISHED:
+                return None  # opened through a stale cache entry: the file is gone
+            raise
         except BaseException:
-            os.close(fd)
+            _close(fd)
             raise
         if not remove_dead:
             unlock_and_close(fd)
@@ -401,10 +437,14 @@ def claim(directory: str, make_directory: bool) -> tuple[int, str]:
                 return fd, name
         except BlockingIOError:
             pass  # a poller is looking at it, and will remove it
+        except OSError as error:
+            if error.errno not in _VANISHED:
+                _close(fd)
+                raise
         except BaseException:
-            os.close(fd)
+            _close(fd)
             raise
-        os.close(fd)
+        _close(fd)
     raise FileExistsError(
         errno.EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory
     )

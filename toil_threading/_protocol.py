@@ -48,6 +48,18 @@ FILESYSTEM_NAMES = {
 # the same-file check opens the path anew (which the server resolves) instead of
 # trusting stat(2).  FUSE is included since most FUSE filesystems are network clients.
 SHARED_FILESYSTEMS = frozenset(
-    {FUSE, NFS, 0x0000517B, 0xFF534D42, 0xFE534D42, 0x47504653, 0x0BD00BD0, 0x5346414F,
-     0x01021997, 0x01161970, 0x7461636F, 0x19830326}
+    {
+        FUSE,
+        NFS,
+        0x0000517B,
+        0xFF534D42,
+        0xFE534D42,
+        0x47504653,
+        0x0BD00BD0,
+        0x5346414F,
+        0x01021997,
+        0x01161970,
+        0x7461636F,
+        0x19830326,
+    }
 )
