@@ -212,8 +212,9 @@ cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) 
     cdef double poll = 0.001
     cdef double wait, left = 0.0
     cdef bint timed = deadline is not None
-    if timed or not block:
-        op |= LOCK_NB
+    # A blocking wait first tries without blocking, keeping the GIL: most locks are free.
+    cdef bint waiting = block and not timed
+    op |= LOCK_NB
     while True:
         if op & LOCK_NB:
             rc = flock(fd, op)
@@ -227,6 +228,10 @@ cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) 
             left = <double>deadline - monotonic()
         if err == EINTR:
             check_signals()
+            continue
+        if waiting and (err == EAGAIN or err == EACCES):
+            op &= ~LOCK_NB  # busy: now wait in the kernel, without the GIL
+            waiting = False
             continue
         if err == EAGAIN or err == EACCES:  # EWOULDBLOCK is EAGAIN here
             if not timed:
@@ -266,6 +271,10 @@ def lock(int fd, bint block, bint shared, object timeout, object path):
 
 
 def unlock_and_close(int fd):
+    unlock_close(fd)
+
+
+cdef int unlock_close(int fd) except -1:
     """Unlock and close fd.  Closing releases the lock anyway, so an unlock that fails
     with EIO/ENOLCK (lock daemon trouble) or ESTALE (the file is gone on the server) is
     not an error; close(2) frees the descriptor whatever it returns."""
@@ -275,6 +284,7 @@ def unlock_and_close(int fd):
     close(fd)
     if rc != 0 and err != EIO and err != ENOLCK and err != ESTALE:
         raise_errno(err, None)
+    return 0
 
 
 cdef Sameness compare_ids(
@@ -425,6 +435,7 @@ cdef class HeldMutex:
         cdef stat info
         cdef statfs filesystem
         cdef Sameness sameness
+        cdef bint checked = False
         while True:
             fd = c_open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o666)
             if fd < 0:
@@ -437,16 +448,20 @@ cdef class HeldMutex:
                     # filesystem can even answer EEXIST to an open without O_EXCL).
                     continue
                 raise_errno(err, self.base_dir if err == ENOENT or err == ENOTDIR else self.shown())
-            if fstatfs(fd, &filesystem) != 0:
-                err = errno
-                close(fd)
-                if err == ESTALE or err == ENOENT:
-                    continue
-                raise_errno(err, self.shown())
-            if filesystem.f_type == CEPH_MAGIC:
-                close(fd)
-                raise self.refusal(self.base_dir)
-            self.fresh = filesystem.f_type in SHARED_FILESYSTEMS
+            if not checked:
+                # The filesystem is checked once per acquisition, on its first open;
+                # the retries of a contended wait open files in the same directory.
+                if fstatfs(fd, &filesystem) != 0:
+                    err = errno
+                    close(fd)
+                    if err == ESTALE or err == ENOENT:
+                        continue
+                    raise_errno(err, self.shown())
+                if filesystem.f_type == CEPH_MAGIC:
+                    close(fd)
+                    raise self.refusal(self.base_dir)
+                self.fresh = filesystem.f_type in SHARED_FILESYSTEMS
+                checked = True
             try:
                 lock_fd(fd, True, False, deadline, self.path)
             except OSError as error:
@@ -492,7 +507,7 @@ cdef class HeldMutex:
                 sameness, unlink_err = GONE, 0
         if sameness != SAME and not err:
             log_lost_lock_file(self.shown(), sameness)
-        unlock_and_close(fd)
+        unlock_close(fd)
         if err or unlink_err:
             raise_errno(err or unlink_err, self.shown())
 
@@ -516,7 +531,7 @@ def release(int fd, object base_dir, object filename):
             sameness, unlink_err = GONE, 0
     if sameness != SAME and not err:
         log_lost_lock_file(shown(base_dir, filename), sameness)
-    unlock_and_close(fd)
+    unlock_close(fd)
     if err or unlink_err:
         raise_errno(err or unlink_err, shown(base_dir, filename))
 
@@ -559,13 +574,13 @@ cdef Liveness probe(
                 close(fd)
                 raise
         if not remove_dead:
-            unlock_and_close(fd)
+            unlock_close(fd)
             return DEAD
         sameness = compare(fd, dir_fd, name, fresh, &err)
         if sameness == SAME and unlinkat(dir_fd, name, 0) != 0:
             if errno != ENOENT and errno != ESTALE:
                 err = errno
-        unlock_and_close(fd)
+        unlock_close(fd)
         if err:
             raise_errno(err, shown(directory, readable(name)))
         if sameness != REPLACED:

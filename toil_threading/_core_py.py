@@ -249,6 +249,7 @@ class HeldMutex:
     def _acquire(self, deadline: float | None) -> None:
         """Open, lock and verify the mutex file; fills in the descriptor and identity."""
         path = self._path
+        checked = False
         while True:
             try:
                 fd = os.open(path, _MUTEX_FLAGS, 0o666)
@@ -263,11 +264,14 @@ class HeldMutex:
                     raise OSError(error.errno, error.strerror, self.base_dir) from None
                 raise
             try:
-                # Checked on the open file, before any lock: see the compiled twin.
-                kind = _f_type(fd)
-                if kind == CEPH_SUPER_MAGIC:
-                    raise self._refusal(self.base_dir)
-                self._fresh = kind in SHARED_FILESYSTEMS
+                if not checked:
+                    # Checked on the open file, before any lock, once per acquisition:
+                    # see the compiled twin.
+                    kind = _f_type(fd)
+                    if kind == CEPH_SUPER_MAGIC:
+                        raise self._refusal(self.base_dir)
+                    self._fresh = kind in SHARED_FILESYSTEMS
+                    checked = True
                 _lock_fd(fd, True, False, deadline, path)
                 info = os.fstat(fd)
                 identity = (info.st_dev, info.st_ino)
