@@ -138,6 +138,30 @@ cdef bint UTF8_PATHS = getfilesystemencoding() == "utf-8" and getfilesystemencod
 
 cdef bytes NAME_BYTES = NAME_CHARACTERS.encode()
 cdef bytes NAME_PREFIX_BYTES = NAME_PREFIX.encode()
+
+# Names come from a xorshift64* generator seeded from os.urandom once per process (again
+# after a fork, so parent and child do not draw the same names): like tempfile's names,
+# unique by O_EXCL, not secret, and without a getrandom(2) call for each one.
+cdef unsigned long long name_state = 0
+cdef int name_pid = 0
+
+
+cdef bytes fresh_name():
+    global name_state, name_pid
+    cdef char text[32]
+    cdef Py_ssize_t prefix = len(NAME_PREFIX_BYTES), i
+    cdef const char *characters = NAME_BYTES
+    cdef Py_ssize_t count = len(NAME_BYTES)
+    if name_pid != getpid():
+        name_state = int.from_bytes(urandom(8), "little") | 1
+        name_pid = getpid()
+    memcpy(text, <const char *>NAME_PREFIX_BYTES, prefix)
+    for i in range(NAME_LENGTH):
+        name_state ^= name_state >> 12
+        name_state ^= name_state << 25
+        name_state ^= name_state >> 27
+        text[prefix + i] = characters[((name_state * 2685821657736338717ULL) >> 33) % count]
+    return PyBytes_FromStringAndSize(text, prefix + NAME_LENGTH)
 # How many names claim() tries before giving up, as tempfile does (TMP_MAX).
 cdef int CLAIM_TRIES = 10000
 
@@ -612,8 +636,7 @@ def claim(object directory, bint make_directory):
         raise_errno(errno, directory)
     cdef bint fresh = on_shared_filesystem(directory, encoded_dir)
     for attempt in range(CLAIM_TRIES):
-        name = NAME_PREFIX_BYTES + bytes(
-            [NAME_BYTES[byte % len(NAME_BYTES)] for byte in urandom(NAME_LENGTH)])
+        name = fresh_name()
         path = encoded_dir + b"/" + name
         fd = c_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0o600)
         if fd < 0:
