@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import python_with_core
+from conftest import linux_only, python_with_core
 
 import toil_threading
 from toil_threading import _cli
+
+pytestmark = linux_only  # inspect names holders from /proc/locks
 
 
 def run_cli(

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_with_core, skip_or_fail
+from conftest import linux_only, python_with_core, skip_or_fail
 
 import toil_threading
+
+pytestmark = linux_only  # cgroups, /proc/self/mountinfo, sched_getaffinity
 
 V1_MOUNT = "25 20 0:22 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu\n"
 V1_COMBINED_MOUNT = (

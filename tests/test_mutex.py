@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fds_open_on, python_with_core
+from conftest import fds_open_on, linux_only, python_with_core
 
 import toil_threading
 
@@ -287,6 +287,7 @@ def test_descriptors_after_many_acquisitions_and_failures(
             pass
 
 
+@linux_only
 def test_mutex_descriptor_is_close_on_exec(core: str, shm_dir: Path) -> None:
     with toil_threading.global_mutex(shm_dir, "m"):
         held = fds_open_on(shm_dir / "toil-mutex-m")
@@ -302,6 +303,7 @@ def test_reentering_one_hold_is_refused(core: str, shm_dir: Path) -> None:
     assert os.listdir(shm_dir) == []
 
 
+@linux_only
 def test_filesystem_types_match_stat(core: str, lock_dir: Path) -> None:
     reported = subprocess.run(
         ["stat", "-f", "-c", "%t", str(lock_dir)], capture_output=True, text=True, check=True

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fds_open_on, python_with_core, run_toil, skip_or_fail
+from conftest import fds_open_on, linux_only, python_with_core, run_toil, skip_or_fail
 
 import toil_threading
 
@@ -126,6 +126,7 @@ def test_name_of_a_cleaned_directory_is_replaced(
     toil_threading.destroy_all_process_names()
 
 
+@linux_only
 def test_forked_child_has_its_own_name(core: str, shm_dir: Path) -> None:
     parent_name = toil_threading.get_process_name(shm_dir)
     read_end, write_end = os.pipe()
@@ -187,6 +188,7 @@ def test_parent_name_dies_with_parent_though_its_fork_lives(core: str, shm_dir: 
             os.kill(child_pid, signal.SIGKILL)
 
 
+@linux_only
 def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
     owner = python_with_core(
         core,
@@ -198,7 +200,12 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
     try:
         name = named_owner(owner)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{owner.pid}/comm").read_text().strip() != "sleep":
+        # Done exec'ing once sleep(1) itself runs and blocks (state S): the kernel sets
+        # the new name before it closes the close-on-exec descriptors.
+        while not (
+            Path(f"/proc/{owner.pid}/comm").read_text().strip() == "sleep"
+            and Path(f"/proc/{owner.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S"
+        ):
             assert time.monotonic() < deadline, "the owner never exec'd"
             time.sleep(0.01)
         assert owner.poll() is None
@@ -208,6 +215,7 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
         owner.wait()
 
 
+@linux_only
 def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
     unshare = shutil.which("unshare")
     if (
