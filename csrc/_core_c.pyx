@@ -311,6 +311,27 @@ cdef int unlock_close(int fd) except -1:
     return 0
 
 
+cdef bint lock_new_file(int fd, bint block, object deadline, object path) except -1:
+    """Lock a file just opened or created, exclusively: True once locked.
+
+    False when the file was closed because it is not worth waiting for: it went away
+    under a shared filesystem's cache (ESTALE, ENOENT), or, without blocking, someone
+    holds it (a poller looking at a new file, which it will remove).  Start again then.
+    Any other failure closes the file and raises.
+    """
+    try:
+        lock_fd(fd, block, False, deadline, path)
+        return True
+    except OSError as error:
+        close(fd)
+        if error.errno == ESTALE or error.errno == ENOENT or (not block and error.errno == EAGAIN):
+            return False
+        raise
+    except BaseException:
+        close(fd)
+        raise
+
+
 cdef Sameness compare_ids(
     dev_t dev, ino_t ino, int dir_fd, const char *path, bint fresh, int *err
 ) noexcept nogil:
@@ -486,16 +507,8 @@ cdef class HeldMutex:
                     raise self.refusal(self.base_dir)
                 self.fresh = filesystem.f_type in SHARED_FILESYSTEMS
                 checked = True
-            try:
-                lock_fd(fd, True, False, deadline, self.path)
-            except OSError as error:
-                close(fd)
-                if error.errno == ESTALE or error.errno == ENOENT:
-                    continue
-                raise
-            except BaseException:
-                close(fd)
-                raise
+            if not lock_new_file(fd, True, deadline, self.path):
+                continue
             err = 0
             if c_fstat(fd, &info) != 0:
                 err = errno
@@ -646,19 +659,8 @@ def claim(object directory, bint make_directory):
             elif err != EEXIST and err != ESTALE and not (err == ENOENT and directory_exists(directory)):
                 raise_errno(err, directory)
             continue
-        try:
-            lock_fd(fd, False, False, None, path)
-        except BlockingIOError:
-            close(fd)  # a poller is looking at it, and will remove it
+        if not lock_new_file(fd, False, None, path):
             continue
-        except OSError as error:
-            close(fd)
-            if error.errno == ESTALE or error.errno == ENOENT:
-                continue
-            raise
-        except BaseException:
-            close(fd)
-            raise
         sameness = compare(fd, AT_FDCWD, path, fresh, &err)
         if sameness == SAME:
             return fd, name.decode()

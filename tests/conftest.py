@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import subprocess
@@ -88,6 +89,16 @@ linux_only = pytest.mark.skipif(
 
 def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+
+
+def assert_locked_elsewhere(path: str | os.PathLike[str]) -> None:
+    """Fail unless another open file holds an flock on path (ours would conflict)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
 
 
 def fds_open_on(path: str | os.PathLike[str]) -> list[int]:

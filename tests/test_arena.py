@@ -212,27 +212,13 @@ print(cleanups)
 
 
 def test_mixed_with_toils_own_arena(core: str, shm_dir: Path, toil_python: str) -> None:
-    runners = []
-    for index in range(6):
-        args = [str(shm_dir), "30"]
-        if index % 2:
-            runners.append(
-                run_toil(
-                    toil_python,
-                    "import sys\nsys.argv[1:] = " + repr(args) + "\n" + MIXED_MEMBER,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
-        else:
-            runners.append(
-                python_with_core(
-                    core,
-                    "import sys\nsys.argv[1:] = " + repr(args) + "\n" + MIXED_MEMBER,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-            )
+    code = f"import sys\nsys.argv[1:] = {[str(shm_dir), '30']!r}\n" + MIXED_MEMBER
+    runners = [
+        run_toil(toil_python, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if index % 2
+        else python_with_core(core, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for index in range(6)
+    ]
     outputs = [runner.communicate(timeout=120) for runner in runners]
     for runner, (_, err) in zip(runners, outputs, strict=True):
         assert runner.returncode == 0, err

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_with_core
+from conftest import assert_locked_elsewhere, python_with_core
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="LD_PRELOAD fault injection needs Linux"
@@ -145,16 +145,6 @@ def finish(
 def logged(stderr: str, level: str) -> list[str]:
     """Messages the child logged through the toil_threading logger at level."""
     return [message for lvl, message in LOG_LINE.findall(stderr) if lvl == level]
-
-
-def assert_locked_elsewhere(path: Path) -> None:
-    """Fail unless another process holds an flock on path (ours would conflict)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(fd)
 
 
 def assert_unlocked(path: Path) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fds_open_on, linux_only, python_with_core
+from conftest import assert_locked_elsewhere, fds_open_on, linux_only, python_with_core
 
 import toil_threading
 
@@ -61,12 +61,7 @@ def test_mutex_file_exists_only_while_held(core: str, lock_dir: Path, no_fd_leak
     path = lock_dir / "toil-mutex-job"
     with toil_threading.global_mutex(lock_dir, "job"):
         assert path.is_file()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        finally:
-            os.close(fd)
+        assert_locked_elsewhere(path)
     assert not path.exists()
 
 
