@@ -64,13 +64,13 @@ __all__ = [
     "set_lock_retry_policy",
 ]
 
-LOGGER_NAME = "toil_threading"
+_LOGGER_NAME = "toil_threading"
 
 
 def _get_logger() -> logging.Logger:
     import logging
 
-    return logging.getLogger(LOGGER_NAME)
+    return logging.getLogger(_LOGGER_NAME)
 
 
 def _debug_enabled() -> bool:
@@ -303,18 +303,17 @@ current_process_name_for: dict[str, str] = {}
 _name_fds: dict[str, int] = {}
 
 
-def _forget_names(close: bool) -> None:
-    """Drop every name of this process; close (never unlock) their descriptors if asked.
+def _forget_names() -> None:
+    """Drop every name of this process and close (never unlock) their descriptors.
 
     Closing only drops this process's reference: a forked child closing its copies
     leaves the parent's locks, and so the parent's names, alive.
     """
     for fd in _name_fds.values():
-        if close:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     _name_fds.clear()
     current_process_name_for.clear()
 
@@ -322,7 +321,7 @@ def _forget_names(close: bool) -> None:
 def _after_fork_in_child() -> None:
     # The lock may have been held by a thread that does not exist in the child.
     current_process_name_lock._at_fork_reinit()  # type: ignore[attr-defined]
-    _forget_names(close=True)
+    _forget_names()
 
 
 if hasattr(os, "register_at_fork"):
@@ -352,7 +351,7 @@ def destroy_all_process_names() -> None:
             os.unlink(os.path.join(base_dir, name))
         except OSError:
             pass
-    _forget_names(close=True)
+    _forget_names()
 
 
 atexit.register(destroy_all_process_names)
