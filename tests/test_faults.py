@@ -230,31 +230,29 @@ def test_eio_three_times_then_lock_is_held(
     assert logged(err, "CRITICAL") == [], err
 
 
-def test_enolck_forever_gives_up_with_nfs_hint(
-    core: str, faultlib: str, marker: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "err,max_tries,cause",
+    [(errno.ENOLCK, 4, ("lockd", "NFS")), (errno.EIO, 3, ("Ceph",))],
+    ids=["ENOLCK-names-NFS-lockd", "EIO-names-Ceph"],
+)
+def test_gives_up_naming_the_likely_cause(
+    core: str,
+    faultlib: str,
+    marker: str,
+    tmp_path: Path,
+    err: int,
+    max_tries: int,
+    cause: tuple[str, ...],
 ) -> None:
     path = open_target(tmp_path, marker)
-    env = fault_env(faultlib, marker, errno.ENOLCK, -1, max_tries="4")
-    outcome, _, err = run_lock_once(core, env, path)
-    assert outcome == f"errno {errno.ENOLCK}", err
-    assert len(logged(err, "ERROR")) == 3, err
-    critical = logged(err, "CRITICAL")
-    assert len(critical) == 1, err
-    assert "after 4 tries" in critical[0], critical
-    assert "lockd" in critical[0] and "NFS" in critical[0], critical
-
-
-def test_eio_forever_gives_up_with_ceph_hint(
-    core: str, faultlib: str, marker: str, tmp_path: Path
-) -> None:
-    path = open_target(tmp_path, marker)
-    env = fault_env(faultlib, marker, errno.EIO, -1, max_tries="3")
-    outcome, _, err = run_lock_once(core, env, path)
-    assert outcome == f"errno {errno.EIO}", err
-    assert len(logged(err, "ERROR")) == 2, err
-    critical = logged(err, "CRITICAL")
-    assert len(critical) == 1, err
-    assert "after 3 tries" in critical[0] and "Ceph" in critical[0], critical
+    env = fault_env(faultlib, marker, err, -1, max_tries=str(max_tries))
+    outcome, _, stderr = run_lock_once(core, env, path)
+    assert outcome == f"errno {err}", stderr
+    assert len(logged(stderr, "ERROR")) == max_tries - 1, stderr
+    critical = logged(stderr, "CRITICAL")
+    assert len(critical) == 1, stderr
+    assert f"after {max_tries} tries" in critical[0], critical
+    assert all(word in critical[0] for word in cause), critical
 
 
 def test_backoff_doubles_and_is_capped(
