@@ -200,12 +200,12 @@ def core(toil_threading: Any, module: str, name: str) -> Implementation:
     """toil_threading in this process, switched to the given core for the task."""
 
     def measure_task(task: Task, directory: str) -> list[float]:
-        default = toil_threading._core
-        toil_threading._use_core(importlib.import_module(module))
+        default = toil_threading._impl.core
+        toil_threading._impl.use_core(importlib.import_module(module))
         try:
             return measure(toil_threading, task, directory)
         finally:
-            toil_threading._use_core(default)
+            toil_threading._impl.use_core(default)
 
     return Implementation(name, measure_task)
 

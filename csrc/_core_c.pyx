@@ -1,23 +1,30 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: annotation_typing=False
-"""Compiled core of toil_threading: the lock primitives over raw system calls.
+# cython: annotation_typing=False, auto_pickle=False, autotestdict=False
+"""Compiled core of toil_threading: the package's system calls and hot loops, in C.
 
-Twin of toil_threading/_core_py.py: same names, signatures and behaviour.  Blocking
-waits run without the GIL; an interrupted wait runs the Python signal handlers and
-goes on unless one of them raised (so Ctrl-C gives KeyboardInterrupt promptly).
+Twin of toil_threading/_core_py.py: the same functions, signatures and behaviour.  Every
+system call that can block (on a hung network filesystem, any of them) runs without the
+GIL; the common acquisition and release each run as one such stretch.  An interrupted
+wait runs the Python signal handlers and goes on unless one of them raised, so Ctrl-C
+gives KeyboardInterrupt promptly.  Every failure is handed to toil_threading._retry, as
+the pure core does.
 """
 
-from cpython.exc cimport PyErr_CheckSignals
-from libc.string cimport memchr, memcpy, strerror
+from libc.string cimport memchr, memcpy
 from os import urandom
-from sys import getfilesystemencoding, getfilesystemencodeerrors
+
+from toil_threading import _retry
+from toil_threading import _protocol as protocol
 
 
 cdef extern from "Python.h":
+    # Runs the Python signal handlers (after EINTR); raises what one of them raised.
+    int check_signals "PyErr_CheckSignals"() except -1
     bytes PyUnicode_EncodeFSDefault(object text)
     const char *PyUnicode_AsUTF8AndSize(object text, Py_ssize_t *size) except NULL
     bytes PyBytes_FromStringAndSize(const char *text, Py_ssize_t size)
     char *PyBytes_AS_STRING(object data)
+    object PyUnicode_DecodeFSDefaultAndSize(const char *text, Py_ssize_t size)
 
 
 cdef extern from "<errno.h>" nogil:
@@ -28,14 +35,19 @@ cdef extern from "<errno.h>" nogil:
         ENOLCK
         EAGAIN
         EACCES
+        EPERM
         ENOENT
         ENOTDIR
         ESTALE
         EEXIST
         ELOOP
+        ENXIO
+        EISDIR
+        EBADF
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
+    int openat(int dirfd, const char *path, int flags, ...)
     enum:
         O_CREAT
         O_EXCL
@@ -48,7 +60,9 @@ cdef extern from "<fcntl.h>" nogil:
         O_DIRECTORY
         AT_FDCWD
         AT_SYMLINK_NOFOLLOW
-    int openat(int dirfd, const char *path, int flags, ...)
+        F_RDLCK
+        F_WRLCK
+        F_UNLCK
     int unlinkat(int dirfd, const char *path, int flags)
 
 cdef extern from "<sys/file.h>" nogil:
@@ -65,10 +79,13 @@ cdef extern from "<sys/stat.h>" nogil:
     struct stat:
         dev_t st_dev
         ino_t st_ino
+        unsigned int st_mode
         unsigned long st_nlink
+        long st_size
     int c_fstat "fstat"(int fd, stat *buf)
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
     int mkdir(const char *path, unsigned int mode)
+    bint S_ISREG(unsigned int mode)
 
 cdef extern from "compat.h" nogil:
     void clear_errno()
@@ -76,20 +93,28 @@ cdef extern from "compat.h" nogil:
         long f_type
     int c_statfs "statfs"(const char *path, statfs *buf)
     int fstatfs(int fd, statfs *buf)
+    int F_OFD_SETLK
+    int F_OFD_SETLKW
+    int count_forks()
+    unsigned long forks()
+    int record_lock(int fd, int command, short kind)
+    int record_locked_elsewhere(int fd)
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-    int unlink(const char *path)
-    int getpid()
+    ssize_t read(int fd, void *buffer, size_t count)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR
     struct dirent:
+        unsigned char d_type
         char *d_name
     DIR *fdopendir(int fd)
     dirent *readdir(DIR *dir)
     int closedir(DIR *dir)
-    int dirfd(DIR *dir)
+    enum:
+        DT_REG
+        DT_UNKNOWN
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
@@ -98,83 +123,55 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_MONOTONIC
     int clock_gettime(int clock, timespec *now)
-    int nanosleep(const timespec *request, timespec *remaining)
 
 
-def _log(str level, str message, *args):
-    # logging is imported only when something is worth saying: it costs milliseconds.
-    import logging
-    getattr(logging.getLogger("toil_threading"), level)(message, *args)
+# The protocol's facts, as C values for the hot paths.
+cdef int MUTEX_FILE_MODE = protocol.MUTEX_FILE_MODE
+cdef int NAME_FILE_MODE = protocol.NAME_FILE_MODE
+cdef int MEMBERS_DIRECTORY_MODE = protocol.MEMBERS_DIRECTORY_MODE
+cdef int SHARED = protocol.SHARED
+cdef int RECORD_LOCK = protocol.RECORD_LOCK
+cdef int ABSENT = protocol.ABSENT
+cdef int ALIVE = protocol.ALIVE
+cdef int DEAD = protocol.DEAD
+cdef int REMOVED = protocol.REMOVED
+cdef int DENIED = protocol.DENIED
+cdef int CLAIM_TRIES = protocol.CLAIM_TRIES
+cdef int VANISHED_TRIES = protocol.VANISHED_TRIES
+cdef int NAME_LENGTH = protocol.NAME_LENGTH
+cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
+cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
 
-# The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
-cdef int policy_max_tries = 10
-cdef double policy_backoff = 1.0
-cdef double policy_max_backoff = 60.0
+cdef int COMMON = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK
+cdef int CREATE = O_CREAT | O_WRONLY | COMMON
+cdef int WRITE = O_WRONLY | COMMON
+cdef int PROBE = O_RDONLY | COMMON
+cdef int CLAIM = O_CREAT | O_EXCL | O_RDWR | COMMON
+cdef int DIRECTORY = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
 
-# The on-disk names and filesystem numbers, shared with the pure core and the facade.
-include "../toil_threading/_protocol.py"
+count_forks()
 
-# Ceph, where flock is known to hang or break the MDS, as a C number for the hot path.
-cdef long CEPH_MAGIC = CEPH
-CEPH_SUPER_MAGIC = CEPH
-
-# Longest pause between two non-blocking tries of a lock wait that has a timeout.
-cdef double POLL_CAP = 0.01
-
-# Results of comparing a locked descriptor with what its path now names.
+# A file still at its path, gone from it, or another file there.
 cdef enum Sameness:
     SAME
     GONE
     REPLACED
 
-# What a non-blocking shared lock says of a name or member file.
-cdef enum Liveness:
-    ALIVE    # its owner holds it
-    DEAD     # nobody held it: it has been removed
-    ABSENT   # no such file (or not a regular file of ours)
+# The two kinds of lock taken.
+cdef enum How:
+    FLOCK
+    RECORD
 
-# Where the file-system encoding is UTF-8 (everywhere, nearly), paths need no encoding.
-cdef bint UTF8_PATHS = getfilesystemencoding() == "utf-8" and getfilesystemencodeerrors() == "surrogateescape"
+# What a lock call reports when the lock was had: at once, or after waiting for it.
+cdef enum:
+    HAD = 0
+    WAITED = 1
 
-cdef bytes NAME_BYTES = NAME_CHARACTERS.encode()
-cdef bytes NAME_PREFIX_BYTES = NAME_PREFIX.encode()
-
-# Names come from a xorshift64* generator seeded from os.urandom once per process (again
-# after a fork, so parent and child do not draw the same names): like tempfile's names,
-# unique by O_EXCL, not secret, and without a getrandom(2) call for each one.
-cdef unsigned long long name_state = 0
-cdef int name_pid = 0
-
-
-cdef bytes fresh_name():
-    global name_state, name_pid
-    cdef char text[32]
-    cdef Py_ssize_t prefix = len(NAME_PREFIX_BYTES), i
-    cdef const char *characters = NAME_BYTES
-    cdef Py_ssize_t count = len(NAME_BYTES)
-    if name_pid != getpid():
-        name_state = int.from_bytes(urandom(8), "little") | 1
-        name_pid = getpid()
-    memcpy(text, <const char *>NAME_PREFIX_BYTES, prefix)
-    for i in range(NAME_LENGTH):
-        name_state ^= name_state >> 12
-        name_state ^= name_state << 25
-        name_state ^= name_state >> 27
-        text[prefix + i] = characters[((name_state * 2685821657736338717ULL) >> 33) % count]
-    return PyBytes_FromStringAndSize(text, prefix + NAME_LENGTH)
-# How many names claim() tries before giving up, as tempfile does (TMP_MAX).
-cdef int CLAIM_TRIES = 10000
-
-
-def set_retry_policy(int max_tries, double backoff, double max_backoff):
-    global policy_max_tries, policy_backoff, policy_max_backoff
-    policy_max_tries = max_tries
-    policy_backoff = backoff
-    policy_max_backoff = max_backoff
-
-
-def retry_policy():
-    return (policy_max_tries, policy_backoff, policy_max_backoff)
+# Why a new lock file was let go: lost to another process after waiting for it (LOST), or
+# found gone or changed at once, as a shared filesystem's stale cache makes it (STALE).
+cdef enum:
+    LOST = -1
+    STALE = -2
 
 
 cdef double monotonic() noexcept nogil:
@@ -183,529 +180,683 @@ cdef double monotonic() noexcept nogil:
     return now.tv_sec + now.tv_nsec * 1e-9
 
 
-cdef object readable(object path):
-    return path.decode(errors="surrogateescape") if isinstance(path, bytes) else path
+cdef inline bint busy(int err) noexcept nogil:
+    return err == EAGAIN or err == EACCES  # EWOULDBLOCK is EAGAIN
 
 
-cdef int raise_errno(int err, object path) except -1:
-    raise OSError(err, strerror(err).decode(), readable(path))
+cdef inline bint vanished(int err) noexcept nogil:
+    return err == ENOENT or err == ESTALE
 
 
-cdef bytes encode_path(object path):
-    """The file-system encoding of path, refusing an embedded NUL as os.open does."""
-    cdef bytes encoded = PyUnicode_EncodeFSDefault(path)
-    if memchr(<const char *>encoded, 0, len(encoded)) != NULL:
+cdef bytes encoded(str path):
+    """path in the file-system encoding, refusing an embedded NUL as os.open does."""
+    cdef bytes data = PyUnicode_EncodeFSDefault(path)
+    if memchr(<const char *>data, 0, len(data)) != NULL:
         raise ValueError(f"embedded null byte in path {path!r}")
-    return encoded
+    return data
 
 
-cdef int check_signals() except -1:
-    """Run Python's signal handlers after an EINTR; raises what a handler raised."""
-    if PyErr_CheckSignals() < 0:
-        return -1
+# Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
+
+cdef int lock_call(int fd, How how, bint exclusive, bint wait) noexcept nogil:
+    """One flock or record-lock call: 0 when had, else the errno."""
+    cdef int rc
+    if how == FLOCK:
+        rc = flock(fd, (LOCK_EX if exclusive else LOCK_SH) | (0 if wait else LOCK_NB))
+    else:
+        rc = record_lock(fd, F_OFD_SETLKW if wait else F_OFD_SETLK, F_WRLCK if exclusive else F_RDLCK)
+    return 0 if rc == 0 else errno
+
+
+cdef int lock_fd(
+    int fd, How how, bint exclusive, bint block, object deadline, str path
+) except -1:
+    """Take a lock with the package's policy: HAD or WAITED once had.
+
+    A free lock is had at once.  A busy one is waited for (in the kernel, or polling
+    toward the deadline), or without block its errno (EAGAIN or EACCES) is returned.
+    EIO and ENOLCK are retried as the policy says; anything else raises.
+    """
+    cdef int err, failures = 0, polls = 0
+    cdef bint wait = False
+    where = path or f"fd {fd}"
+    while True:
+        with nogil:
+            err = lock_call(fd, how, exclusive, wait)
+        if err == 0:
+            return WAITED if wait or polls else HAD
+        if err == EINTR:
+            check_signals()
+        elif busy(err):
+            if not block:
+                return err
+            if deadline is None:
+                wait = True  # free locks are had without blocking; a busy one: wait in the kernel
+            else:
+                polls += 1
+                _retry.busy(polls, deadline, where)
+        elif err == EIO or err == ENOLCK:
+            failures += 1
+            _retry.lock_failed(err, failures, deadline, where)
+        else:
+            raise _retry.error(err, path)
+
+
+cdef int let_go(int fd, int strategy) noexcept nogil:
+    """Let go of every lock on fd and close it; the errno worth reporting, or 0.
+
+    Closing releases the locks anyway, so an unlock failing with EIO/ENOLCK (lock daemon
+    trouble) or ESTALE is not an error; close frees the descriptor whatever it returns.
+    """
+    cdef int failure = 0
+    if strategy & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
+        failure = errno
+    if flock(fd, LOCK_UN) != 0 and not failure:
+        failure = errno
+    if close(fd) != 0 and not failure and errno == EBADF:
+        failure = EBADF
+    if failure == EIO or failure == ENOLCK or failure == ESTALE:
+        return 0
+    return failure
+
+
+cdef int unlock_close(int fd, int strategy) except -1:
+    cdef int failure
+    with nogil:
+        failure = let_go(fd, strategy)
+    if failure:
+        raise _retry.error(failure, None)
     return 0
 
 
-cdef int pause(double seconds) except -1:
-    """Sleep without the GIL; signal handlers run on interruption and may raise."""
-    cdef timespec request, remaining
-    cdef int rc
-    if seconds <= 0:
-        return 0
-    request.tv_sec = <long>seconds
-    request.tv_nsec = <long>((seconds - request.tv_sec) * 1e9)
-    while True:
-        with nogil:
-            rc = nanosleep(&request, &remaining)
-        if rc == 0:
-            return 0
-        check_signals()
-        request = remaining
-
-
-cdef object deadline_of(object timeout):
-    return None if timeout is None else monotonic() + <double>timeout
-
-
-cdef int lock_fd(int fd, bint block, bint shared, object deadline, object path) except -1:
-    """flock with the EINTR, EIO/ENOLCK and timeout policy; deadline is monotonic or None."""
-    cdef int op = LOCK_SH if shared else LOCK_EX
-    cdef int rc, err
-    cdef int failures = 0
-    cdef double backoff = policy_backoff
-    cdef double poll = 0.001
-    cdef double wait, left = 0.0
-    cdef bint timed = deadline is not None
-    # A blocking wait first tries without blocking, keeping the GIL: most locks are free.
-    cdef bint waiting = block and not timed
-    op |= LOCK_NB
-    while True:
-        if op & LOCK_NB:
-            rc = flock(fd, op)
-        else:
-            with nogil:
-                rc = flock(fd, op)
-        if rc == 0:
-            return 0
-        err = errno
-        if timed:
-            left = <double>deadline - monotonic()
-        if err == EINTR:
-            check_signals()
-            continue
-        if waiting and (err == EAGAIN or err == EACCES):
-            op &= ~LOCK_NB  # busy: now wait in the kernel, without the GIL
-            waiting = False
-            continue
-        if err == EAGAIN or err == EACCES:  # EWOULDBLOCK is EAGAIN here
-            if not timed:
-                raise_errno(err, path)
-            if left <= 0:
-                raise TimeoutError(f"timed out waiting for the lock on {readable(path) or f'fd {fd}'}")
-            wait = poll if poll < left else left
-            pause(wait)
-            poll = poll * 2 if poll * 2 < POLL_CAP else POLL_CAP
-            continue
-        if err == EIO or err == ENOLCK:
-            failures += 1
-            if failures < policy_max_tries:
-                _log("error",
-                    "flock on %s failed with %s (try %d of %d); retrying in %g s",
-                    readable(path) or f"fd {fd}", strerror(err).decode(), failures,
-                    policy_max_tries, backoff)
-                if timed and left < backoff:
-                    pause(left)
-                    raise TimeoutError(
-                        f"timed out retrying the lock on {readable(path) or f'fd {fd}'} after "
-                        f"{strerror(err).decode()}")
-                pause(backoff)
-                backoff = backoff * 2 if backoff * 2 < policy_max_backoff else policy_max_backoff
-                continue
-            _log("critical",
-                "giving up on flock of %s after %d tries: %s. %s",
-                readable(path) or f"fd {fd}", failures, strerror(err).decode(),
-                "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
-                if err == ENOLCK else
-                "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks")
-        raise_errno(err, path)
-
-
-def lock(int fd, bint block, bint shared, object timeout, object path):
-    lock_fd(fd, block, shared, deadline_of(timeout), path)
+def lock(int fd, bint block, bint shared, object deadline, object path):
+    cdef int err = lock_fd(fd, FLOCK, not shared, block, deadline, path)
+    if err > WAITED:
+        raise _retry.error(err, path)
 
 
 def unlock_and_close(int fd):
-    unlock_close(fd)
+    unlock_close(fd, 0)
 
 
-cdef int unlock_close(int fd) except -1:
-    """Unlock and close fd.  Closing releases the lock anyway, so an unlock that fails
-    with EIO/ENOLCK (lock daemon trouble) or ESTALE (the file is gone on the server) is
-    not an error; close(2) frees the descriptor whatever it returns."""
-    cdef int rc, err
-    rc = flock(fd, LOCK_UN)
-    err = errno
-    close(fd)
-    if rc != 0 and err != EIO and err != ENOLCK and err != ESTALE:
-        raise_errno(err, None)
-    return 0
+def fs_magic(object target):
+    """statfs(2) (a path) or fstatfs(2) (a descriptor) f_type."""
+    cdef statfs info
+    cdef int rc, fd
+    cdef bytes path
+    cdef const char *c_path
+    if isinstance(target, int):
+        fd = target
+        with nogil:
+            rc = fstatfs(fd, &info)
+    else:
+        path = encoded(target)
+        c_path = path
+        with nogil:
+            rc = c_statfs(c_path, &info)
+    if rc != 0:
+        raise _retry.error(errno, None if isinstance(target, int) else target)
+    return info.f_type
 
 
-cdef bint lock_new_file(int fd, bint block, object deadline, object path) except -1:
-    """Lock a file just opened or created, exclusively: True once locked.
+# How to lock on each filesystem met (its device), decided once by _filesystems.  A small
+# table, reused round-robin, so the common acquisition needs no Python at all.
+DEF KEPT = 16
+cdef dev_t kept_devices[KEPT]
+cdef int kept_strategies[KEPT]
+cdef int kept_count = 0, kept_next = 0
 
-    False when the file was closed because it is not worth waiting for: it went away
-    under a shared filesystem's cache (ESTALE, ENOENT), or, without blocking, someone
-    holds it (a poller looking at a new file, which it will remove).  Start again then.
-    Any other failure closes the file and raises.
+
+cdef int known_strategy(dev_t device) noexcept nogil:
+    cdef int i
+    for i in range(kept_count):
+        if kept_devices[i] == device:
+            return kept_strategies[i]
+    return -1
+
+
+cdef int strategy_of(int fd, dev_t device, str directory) except -2:
+    global kept_count, kept_next
+    cdef int found = known_strategy(device)
+    if found >= 0:
+        return found
+    from toil_threading import _filesystems
+
+    found = _filesystems.strategy_for(fd, device, directory)
+    kept_devices[kept_next] = device
+    kept_strategies[kept_next] = found
+    kept_next = (kept_next + 1) % KEPT
+    if kept_count < KEPT:
+        kept_count += 1
+    return found
+
+
+cdef Sameness compare(int fd, int dir_fd, const char *name, int strategy, int *err) noexcept nogil:
+    """Does name (relative to dir_fd) still name the locked file open at fd?
+
+    On a local filesystem the locked descriptor answers: nobody unlinks a lock file but
+    its holder, so a file with one link is still at its path.  A shared filesystem's
+    cached attributes may lie, so there the path is opened afresh (which the server
+    resolves) and compared.  Sets err when it cannot tell; a symlink is another file.
     """
-    try:
-        lock_fd(fd, block, False, deadline, path)
-        return True
-    except OSError as error:
-        close(fd)
-        if error.errno == ESTALE or error.errno == ENOENT or (not block and error.errno == EAGAIN):
-            return False
-        raise
-    except BaseException:
-        close(fd)
-        raise
-
-
-cdef Sameness compare_ids(
-    dev_t dev, ino_t ino, int dir_fd, const char *path, bint fresh, int *err
-) noexcept nogil:
-    """Does path (relative to dir_fd) still name the file with this device and inode?
-
-    Sets err when it cannot tell; a symlink now at path is another file.  With fresh
-    (shared filesystems, whose caches may answer for a file already gone), the path is
-    opened anew, which the server resolves, instead of trusting stat(2).
-    """
-    cdef stat named
+    cdef stat held, named
     cdef int named_fd, rc
-    err[0] = 0
-    if fresh:
-        named_fd = openat(dir_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-        if named_fd < 0:
-            if errno == ELOOP:
-                return REPLACED
-            if errno != ENOENT and errno != ESTALE:
-                err[0] = errno
-            return GONE
-        rc = c_fstat(named_fd, &named)
-        if rc != 0 and errno != ESTALE:
-            err[0] = errno
-        close(named_fd)
-        if rc != 0:
-            return GONE
-    elif fstatat(dir_fd, path, &named, AT_SYMLINK_NOFOLLOW) != 0:
-        if errno != ENOENT and errno != ESTALE:
-            err[0] = errno
-        return GONE
-    return SAME if named.st_dev == dev and named.st_ino == ino else REPLACED
-
-
-cdef Sameness compare(int fd, int dir_fd, const char *path, bint fresh, int *err) noexcept nogil:
-    """Does path (relative to dir_fd) still name the file open at fd?"""
-    cdef stat held
     err[0] = 0
     if c_fstat(fd, &held) != 0:
         if errno != ESTALE:
             err[0] = errno
         return GONE
-    if fresh and held.st_nlink == 0:
+    if held.st_nlink == 0:
         return GONE
-    return compare_ids(held.st_dev, held.st_ino, dir_fd, path, fresh, err)
+    if held.st_nlink == 1 and not strategy & SHARED:
+        return SAME
+    named_fd = openat(dir_fd, name, PROBE)
+    if named_fd < 0:
+        if errno == ELOOP:
+            return REPLACED
+        if not vanished(errno):
+            err[0] = errno
+        return GONE
+    rc = c_fstat(named_fd, &named)
+    if rc != 0 and errno != ESTALE:
+        err[0] = errno
+    close(named_fd)
+    if rc != 0:
+        return GONE
+    return SAME if named.st_dev == held.st_dev and named.st_ino == held.st_ino else REPLACED
 
 
-# Per directory: is it on a shared filesystem?  Decided once per process (a statfs).
-cdef dict shared_directories = {}
-
-
-cdef bint directory_exists(object directory) except -1:
-    """After ENOENT creating a file in it: was it the directory, or a stale cache entry?"""
-    cdef stat info
-    return fstatat(AT_FDCWD, encode_path(directory), &info, 0) == 0
-
-
-cdef bint on_shared_filesystem(object directory, const char *encoded) except -1:
-    cdef statfs info
-    found = shared_directories.get(directory)
-    if found is None:
-        if c_statfs(encoded, &info) != 0:
-            return False  # the operation itself will meet and report the problem
-        found = shared_directories[directory] = info.f_type in SHARED_FILESYSTEMS
-    return found
-
-
-def same_file(int fd, object path):
-    cdef bytes encoded = encode_path(path)
-    cdef int err
-    cdef statfs info
-    cdef bint fresh = fstatfs(fd, &info) == 0 and info.f_type in SHARED_FILESYSTEMS
-    cdef Sameness result = compare(fd, AT_FDCWD, encoded, fresh, &err)
+def same_file(int fd, str path):
+    cdef bytes name = encoded(path)
+    cdef const char *c_name = name
+    cdef int err = 0
+    cdef Sameness sameness
+    with nogil:
+        sameness = compare(fd, AT_FDCWD, c_name, SHARED, &err)
     if err:
-        raise_errno(err, path)
-    return result == SAME
+        raise _retry.error(err, path)
+    return sameness == SAME
 
 
-def fs_type(object path):
-    cdef bytes encoded = encode_path(path)
-    cdef statfs info
-    if c_statfs(encoded, &info) != 0:
-        raise_errno(errno, path)
-    return info.f_type
+# global_mutex: the mutex file, opened, locked and verified, then unlinked and let go.
 
 
-cdef bytes join(object base_dir, object filename):
-    """base_dir + "/" + filename in the file-system encoding, made in one allocation."""
-    cdef Py_ssize_t dir_size, name_size
-    cdef const char *dir_text
-    cdef const char *name_text
-    cdef bytes joined
-    cdef char *out
-    if not (UTF8_PATHS and type(base_dir) is str and type(filename) is str):
-        return encode_path(base_dir) + b"/" + encode_path(filename)
-    try:  # str keeps its UTF-8 form cached: usually no encoding work at all
-        dir_text = PyUnicode_AsUTF8AndSize(base_dir, &dir_size)
-        name_text = PyUnicode_AsUTF8AndSize(filename, &name_size)
-    except UnicodeEncodeError:  # lone surrogates: undecodable bytes of a path
-        return encode_path(base_dir) + b"/" + encode_path(filename)
-    joined = PyBytes_FromStringAndSize(NULL, dir_size + 1 + name_size)
-    out = PyBytes_AS_STRING(joined)
-    memcpy(out, dir_text, dir_size)
-    out[dir_size] = b"/"
-    memcpy(out + dir_size + 1, name_text, name_size)
-    if memchr(out, 0, dir_size + 1 + name_size) != NULL:
-        raise ValueError(f"embedded null byte in path {base_dir!r}/{filename!r}")
-    return joined
+cdef int open_lock_file(str directory, str path, bytes name, object deadline) except -1:
+    """Open (creating it if missing) the lock file at path, never through a symlink.
+
+    Another user's file that we may not write is opened read-only, without O_CREAT
+    (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
+    flock works on any descriptor.
+    """
+    cdef int flags = CREATE, tries = 0, fd, err
+    cdef const char *c_name = name
+    while True:
+        with nogil:
+            fd = c_open(c_name, flags, MUTEX_FILE_MODE)
+            err = errno
+        if fd >= 0:
+            return fd
+        if err == EINTR:
+            check_signals()
+        elif err == EACCES and flags != PROBE:
+            flags = WRITE if flags == CREATE else PROBE
+        elif err == ENOENT and flags != CREATE:
+            # Refused creating it, then found none: the directory may not be ours to write,
+            # or the file went away in between; creating once more tells which.
+            tries += 1
+            if tries > 1:
+                raise _retry.error(EACCES, path)
+            flags = CREATE
+        elif err == ENXIO or err == EISDIR:
+            raise _retry.not_a_lock_file(path)
+        elif vanished(err) or err == EEXIST:
+            tries += 1
+            _retry.vanished(err, tries, deadline, directory, path)
+        elif err == ENOTDIR:
+            raise _retry.error(err, directory)
+        else:
+            raise _retry.error(err, path)
 
 
-cdef str shown(object base_dir, object filename):
-    return filename if base_dir is None else f"{base_dir}/{filename}"
+cdef int lock_new(
+    int fd, str directory, bytes name, str shown, int dir_fd, bint block, object deadline
+) except -3:
+    """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
+    and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
+    file is not worth keeping (the caller closes it and starts again)."""
+    cdef stat info
+    cdef int rc, err = 0, strategy, had
+    cdef Sameness sameness
+    cdef const char *c_name = name
+    with nogil:
+        rc = c_fstat(fd, &info)
+        err = errno
+    if rc != 0:
+        if vanished(err):
+            return STALE  # opened through a stale cache entry: the file is gone
+        raise _retry.error(err, shown)
+    if not S_ISREG(info.st_mode):
+        raise _retry.not_a_lock_file(shown)
+    try:
+        strategy = strategy_of(fd, info.st_dev, directory)
+        had = lock_fd(fd, FLOCK, True, block, deadline, shown)
+        if strategy & RECORD_LOCK and had <= WAITED:
+            had = max(had, lock_fd(fd, RECORD, True, block, deadline, shown))
+    except OSError as error:
+        if error.errno == ENOENT or error.errno == ESTALE:
+            return STALE  # opened through a stale cache entry: the file is gone
+        raise
+    if had > WAITED:
+        return LOST  # held, and not to be waited for (a poller looking at a new file)
+    with nogil:
+        sameness = compare(fd, dir_fd, c_name, strategy, &err)
+    if err:
+        raise _retry.error(err, shown)
+    if sameness == SAME:
+        return strategy
+    return LOST if had == WAITED else STALE
+
+
+cdef int release_at(int fd, int dir_fd, bytes name, str shown, int strategy) except -1:
+    """Unlink the lock file if it is still ours, then let go of it: all of it before any
+    Python runs, so nothing can leave the lock held or the descriptor open."""
+    cdef int err = 0, unlink_err = 0, failure
+    cdef Sameness sameness
+    cdef const char *c_name = name
+    with nogil:
+        sameness = compare(fd, dir_fd, c_name, strategy, &err)
+        if sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
+            unlink_err = errno
+        failure = let_go(fd, strategy)
+    if unlink_err == EPERM or unlink_err == EACCES:
+        _retry.kept(shown, unlink_err)
+        unlink_err = 0
+    elif vanished(unlink_err):
+        sameness, unlink_err = GONE, 0
+    if sameness != SAME and not err:
+        _retry.lost(shown, sameness == REPLACED)
+    if err or unlink_err or failure:
+        raise _retry.error(err or unlink_err or failure, shown)
+    return 0
+
+
+cdef bint quick_lock(int fd, stat *info) noexcept nogil:
+    """The common acquisition, all without the GIL: fd is a regular file on a local
+    filesystem already met, its lock is free, and it still has its one link.  False
+    (holding nothing) hands over to the general path."""
+    if c_fstat(fd, info) != 0 or not S_ISREG(info.st_mode) or known_strategy(info.st_dev) != 0:
+        return False
+    if flock(fd, LOCK_EX | LOCK_NB) != 0:
+        return False
+    if c_fstat(fd, info) == 0 and info.st_nlink == 1:
+        return True
+    flock(fd, LOCK_UN)
+    return False
 
 
 cdef class HeldMutex:
     """What global_mutex returns: a context manager holding the mutex file while entered.
 
-    refusal(base_dir) makes the exception raised when base_dir is on a filesystem
-    where locks are unsafe (checked on every acquisition, as Toil does).
+    Dropped while entered (never exited), it lets the mutex go when collected.
     """
-    cdef readonly object base_dir, filename
-    cdef object timeout, refusal
-    cdef bytes path
-    cdef int fd
-    cdef dev_t dev
-    cdef ino_t ino
-    cdef bint fresh
+    cdef readonly str base_dir, filename
+    cdef object timeout
+    cdef str path
+    cdef bytes name
+    cdef int fd, strategy
+    cdef unsigned long forks
 
-    def __init__(self, object base_dir, object filename, object timeout, object refusal):
-        self.base_dir, self.filename = base_dir, filename
-        self.timeout, self.refusal = timeout, refusal
-        self.path = join(base_dir, filename)
+    def __cinit__(self):
         self.fd = -1
 
-    cdef str shown(self):
-        return shown(self.base_dir, self.filename)
-
-    cdef int acquire(self, object deadline) except -1:
-        """Open, lock and verify the mutex file; fills in the descriptor and identity.
-
-        The filesystem is checked on the open file, before any lock is taken: one
-        system call fewer than checking the directory first.  On a refused filesystem
-        an empty mutex file may be left behind; no lock is ever taken there.
-        """
-        cdef const char *path = self.path
-        cdef int fd, err
-        cdef stat info
-        cdef statfs filesystem
-        cdef Sameness sameness
-        cdef bint checked = False
-        while True:
-            fd = c_open(path, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o666)
-            if fd < 0:
-                err = errno
-                if err == EINTR:
-                    check_signals()
-                    continue
-                if err == ESTALE or err == EEXIST or (err == ENOENT and directory_exists(self.base_dir)):
-                    # Another client changed the directory under our cache (a shared
-                    # filesystem can even answer EEXIST to an open without O_EXCL).
-                    continue
-                raise_errno(err, self.base_dir if err == ENOENT or err == ENOTDIR else self.shown())
-            if not checked:
-                # The filesystem is checked once per acquisition, on its first open;
-                # the retries of a contended wait open files in the same directory.
-                if fstatfs(fd, &filesystem) != 0:
-                    err = errno
-                    close(fd)
-                    if err == ESTALE or err == ENOENT:
-                        continue
-                    raise_errno(err, self.shown())
-                if filesystem.f_type == CEPH_MAGIC:
-                    close(fd)
-                    raise self.refusal(self.base_dir)
-                self.fresh = filesystem.f_type in SHARED_FILESYSTEMS
-                checked = True
-            if not lock_new_file(fd, True, deadline, self.path):
-                continue
-            err = 0
-            if c_fstat(fd, &info) != 0:
-                err = errno
-                sameness = GONE
-            elif self.fresh and info.st_nlink == 0:
-                sameness = GONE
-            else:
-                sameness = compare_ids(info.st_dev, info.st_ino, AT_FDCWD, path, self.fresh, &err)
-            if sameness == SAME:
-                self.fd, self.dev, self.ino = fd, info.st_dev, info.st_ino
-                return 0
-            # The previous holder unlinked (or someone replaced) the file while we waited.
-            close(fd)
-            if err and err != ESTALE:
-                raise_errno(err, self.shown())
+    def __init__(self, str base_dir, str filename, object timeout):
+        self.base_dir, self.filename, self.timeout = base_dir, filename, timeout
+        self.path = f"{base_dir}/{filename}"
+        self.name = encoded(self.path)
 
     def __enter__(self):
+        cdef int fd, strategy = 0, stale = 0
+        cdef stat info
+        cdef bint quick = False
+        cdef const char *name = self.name
         if self.fd >= 0:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        self.acquire(deadline_of(self.timeout))
-
-    def __exit__(self, exc_type, exc, traceback):
-        cdef int fd = self.fd
-        cdef int err = 0, unlink_err = 0
-        cdef Sameness sameness
-        if fd < 0:
-            raise RuntimeError("this global_mutex() was not entered")
-        self.fd = -1
-        sameness = compare_ids(self.dev, self.ino, AT_FDCWD, self.path, self.fresh, &err)
-        if sameness == SAME and unlink(self.path) != 0:
-            unlink_err = errno
-            if unlink_err == ENOENT or unlink_err == ESTALE:
-                sameness, unlink_err = GONE, 0
-        if sameness != SAME and not err:
-            log_lost_lock_file(self.shown(), sameness)
-        unlock_close(fd)
-        if err or unlink_err:
-            raise_errno(err or unlink_err, self.shown())
-
-
-cdef log_lost_lock_file(str path, Sameness sameness):
-    _log("error",
-        "lock file %s was %s while its lock was held (by pid %d): "
-        "something outside the locking protocol touched it",
-        path, "removed" if sameness == GONE else "replaced", getpid())
-
-
-def release(int fd, object base_dir, object filename):
-    """Unlink the lock file if it is still ours, then unlock and close."""
-    cdef bytes encoded = join(base_dir, filename)
-    cdef int err = 0, unlink_err = 0
-    cdef bint fresh = on_shared_filesystem(base_dir, encode_path(base_dir))
-    cdef Sameness sameness = compare(fd, AT_FDCWD, encoded, fresh, &err)
-    if sameness == SAME and unlink(encoded) != 0:
-        unlink_err = errno
-        if unlink_err == ENOENT or unlink_err == ESTALE:
-            sameness, unlink_err = GONE, 0
-    if sameness != SAME and not err:
-        log_lost_lock_file(shown(base_dir, filename), sameness)
-    unlock_close(fd)
-    if err or unlink_err:
-        raise_errno(err or unlink_err, shown(base_dir, filename))
-
-
-cdef Liveness probe(
-    int dir_fd, bytes name, object directory, bint remove_dead, bint fresh
-) except *:
-    """Is the file at name (relative to dir_fd) held by a live owner?
-
-    Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
-    file nobody holds belongs to a dead owner and is removed, but only while it is
-    still the file at that path.  directory only names the file in errors.
-    """
-    cdef int fd, err
-    cdef Sameness sameness
-    while True:
-        fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-        if fd < 0:
-            err = errno
-            if err == EINTR:
-                check_signals()
-                continue
-            if err == ENOENT or err == ESTALE or err == ELOOP:
-                return ABSENT
-            raise_errno(err, shown(directory, readable(name)))
-        if flock(fd, LOCK_SH | LOCK_NB) != 0:
-            err = errno
-            if err == EAGAIN:
-                close(fd)
-                return ALIVE
-            if err == ESTALE or err == ENOENT:
-                close(fd)  # opened through a stale cache entry: the file is gone
-                return ABSENT
-            try:  # not a plain "busy": the full policy (EINTR, EIO/ENOLCK retries)
-                lock_fd(fd, False, True, None, name)
-            except BlockingIOError:
-                close(fd)
-                return ALIVE
+        deadline = None if self.timeout is None else monotonic() + <double>self.timeout
+        with nogil:
+            fd = c_open(name, CREATE, MUTEX_FILE_MODE)
+            if fd >= 0:
+                quick = quick_lock(fd, &info)
+        while not quick:
+            if fd < 0:
+                fd = open_lock_file(self.base_dir, self.path, self.name, deadline)
+            try:
+                strategy = lock_new(fd, self.base_dir, self.name, self.path, AT_FDCWD, True, deadline)
             except BaseException:
                 close(fd)
                 raise
-        if not remove_dead:
-            unlock_close(fd)
-            return DEAD
-        sameness = compare(fd, dir_fd, name, fresh, &err)
-        if sameness == SAME and unlinkat(dir_fd, name, 0) != 0:
-            if errno != ENOENT and errno != ESTALE:
-                err = errno
-        unlock_close(fd)
-        if err:
-            raise_errno(err, shown(directory, readable(name)))
-        if sameness != REPLACED:
-            return DEAD if sameness == SAME else ABSENT
-        # A new file took the name between our open and our check: look at that one.
+            if strategy >= 0:
+                break
+            # The previous holder unlinked (or someone replaced) the file while we waited;
+            # or a stale cache showed us a file already gone: then pause, within bounds.
+            close(fd)
+            fd = -1
+            stale = stale + 1 if strategy == STALE else 0
+            if stale:
+                _retry.vanished(ESTALE, stale, deadline, self.base_dir, self.path)
+        self.fd, self.strategy, self.forks = fd, strategy, forks()
+
+    def __exit__(self, exc_type, exc, traceback):
+        if self.fd < 0:
+            raise RuntimeError("this global_mutex() was not entered")
+        self.end_hold()
+
+    def __del__(self):
+        if self.fd >= 0:
+            self.end_hold()
+
+    cdef int end_hold(self) except -1:
+        cdef int fd = self.fd
+        self.fd = -1
+        if self.forks != forks():
+            close(fd)  # entered before the fork that made us: the lock is the parent's
+            return 0
+        return release_at(fd, AT_FDCWD, self.name, self.path, self.strategy)
 
 
-def held(object directory, object name, bint remove_dead):
-    """True if the file name in directory is locked, False if not, None if absent.
+# Process names and arena members: mkstemp-style files, each locked by its owner.
 
-    With remove_dead, a file found unlocked is removed (if still the one found).
-    """
-    cdef bint fresh = on_shared_filesystem(directory, encode_path(directory))
-    cdef Liveness liveness = probe(AT_FDCWD, join(directory, name), None, remove_dead, fresh)
-    return None if liveness == ABSENT else liveness == ALIVE
+# Names come from a xorshift64* generator seeded from os.urandom once per process (again
+# after a fork, so parent and child do not draw the same names): like tempfile's names,
+# unique by O_EXCL, not secret, and without a getrandom(2) call for each one.
+cdef unsigned long long name_state = 0
+cdef unsigned long name_forks = 0
 
 
-def claim(object directory, bint make_directory):
-    """Create and exclusively lock a fresh mkstemp-style file in directory.
+cdef str fresh_name():
+    global name_state, name_forks
+    cdef char text[32]
+    cdef Py_ssize_t prefix = len(NAME_PREFIX), i
+    cdef const char *characters = NAME_CHARACTERS
+    cdef Py_ssize_t count = len(NAME_CHARACTERS)
+    if name_state == 0 or name_forks != forks():
+        name_state = int.from_bytes(urandom(8), "little") | 1
+        name_forks = forks()
+    memcpy(text, <const char *>NAME_PREFIX, prefix)
+    for i in range(NAME_LENGTH):
+        name_state ^= name_state >> 12
+        name_state ^= name_state << 25
+        name_state ^= name_state >> 27
+        text[prefix + i] = characters[((name_state * 2685821657736338717ULL) >> 33) % count]
+    return text[:prefix + NAME_LENGTH].decode("ascii")
 
-    Returns (descriptor, file name).  The file is verified to be still at its path once
-    locked: a poller may take a dead-looking new file for a dead one and remove it.
-    """
-    cdef bytes encoded_dir = encode_path(directory)
-    cdef bytes name, path
-    cdef int fd, err, attempt
-    cdef Sameness sameness
-    if make_directory and mkdir(encoded_dir, 0o777) != 0 and errno != EEXIST:
-        raise_errno(errno, directory)
-    cdef bint fresh = on_shared_filesystem(directory, encoded_dir)
-    for attempt in range(CLAIM_TRIES):
-        name = fresh_name()
-        path = encoded_dir + b"/" + name
-        fd = c_open(path, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        if fd < 0:
+
+cdef bint is_name(const char *name) noexcept nogil:
+    """Named like a name or member file (so the package may have made it)."""
+    cdef Py_ssize_t i, prefix = 3
+    cdef char c
+    if name[0] != b"t" or name[1] != b"m" or name[2] != b"p":
+        return False
+    for i in range(8):
+        c = name[prefix + i]
+        if not (b"a" <= c <= b"z" or b"0" <= c <= b"9" or c == b"_"):
+            return False
+    return name[prefix + 8] == 0
+
+
+cdef tuple claim_at(int dir_fd, str directory):
+    """Create and lock a fresh name file in directory (relative to dir_fd if not AT_FDCWD)."""
+    cdef int fd, err, strategy, stale = 0
+    cdef bytes name
+    cdef const char *c_name
+    for _ in range(CLAIM_TRIES):
+        base = fresh_name()
+        path = f"{directory}/{base}"
+        name = encoded(path if dir_fd == AT_FDCWD else base)
+        c_name = name
+        with nogil:
+            fd = openat(dir_fd, c_name, CLAIM, NAME_FILE_MODE)
             err = errno
+        if fd < 0:
+            if err == EEXIST:
+                continue
             if err == EINTR:
                 check_signals()
-            elif err != EEXIST and err != ESTALE and not (err == ENOENT and directory_exists(directory)):
-                raise_errno(err, directory)
+                continue
+            if not vanished(err):
+                raise _retry.error(err, directory)
+            stale += 1
+            _retry.vanished(err, stale, None, directory, directory)
             continue
-        if not lock_new_file(fd, False, None, path):
-            continue
-        sameness = compare(fd, AT_FDCWD, path, fresh, &err)
-        if sameness == SAME:
-            return fd, name.decode()
-        close(fd)
-        if err:
-            raise_errno(err, directory)
+        try:
+            strategy = lock_new(fd, directory, name, path, dir_fd, False, None)
+        except BaseException:
+            close(fd)
+            raise
+        if strategy >= 0:
+            return fd, base
+        close(fd)  # a poller took it for a dead one's (it will remove it), or it is stale
+        if strategy == STALE:
+            stale += 1
+            _retry.vanished(ESTALE, stale, None, directory, directory)
     raise FileExistsError(EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory)
 
 
-def arena_scan(object directory):
-    """Remove dead members of an arena; True if no live member is left.
+def claim_name(str directory):
+    return claim_at(AT_FDCWD, directory)
 
-    Stops at the first live member.  A missing directory has no members.
-    """
-    cdef bytes encoded = encode_path(directory)
-    cdef int dir_fd
+
+cdef int open_directory(str directory) except -1:
+    cdef bytes path = encoded(directory)
+    cdef const char *c_path = path
+    cdef int fd
+    with nogil:
+        fd = c_open(c_path, DIRECTORY)
+    if fd < 0:
+        raise _retry.error(errno, directory)
+    return fd
+
+
+def claim_member(str directory):
+    cdef bytes path = encoded(directory)
+    cdef const char *c_path = path
+    cdef int rc, dir_fd
+    with nogil:
+        rc = mkdir(c_path, MEMBERS_DIRECTORY_MODE)
+    if rc != 0 and errno != EEXIST:
+        raise _retry.error(errno, directory)
+    dir_fd = open_directory(directory)
+    try:
+        return claim_at(dir_fd, directory)
+    finally:
+        close(dir_fd)
+
+
+cdef int strategy_of_open(int fd, str directory) except -2:
+    """The strategy for an open lock file (its descriptor must stay open)."""
+    cdef stat info
+    cdef int rc
+    with nogil:
+        rc = c_fstat(fd, &info)
+    return strategy_of(fd, info.st_dev, directory) if rc == 0 else 0
+
+
+def release(int fd, str directory, str name):
+    path = f"{directory}/{name}"
+    cdef int strategy = 0
+    try:
+        strategy = strategy_of_open(fd, directory)
+    finally:
+        release_at(fd, AT_FDCWD, encoded(path), path, strategy)
+
+
+cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_dead) except -1:
+    """What the file at name (relative to dir_fd) says of its owner: ALIVE, DEAD, REMOVED,
+    DENIED or ABSENT (also for anything that is not a regular file: never ours).
+
+    Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
+    unlocked empty file named like ours is removed, while it is still the one found."""
+    cdef int fd, err = 0, strategy, rc, unlink_err, failure
+    cdef stat info
+    cdef Sameness sameness
+    cdef const char *c_name = name
+    cdef bytes base
+    for _ in range(VANISHED_TRIES):
+        with nogil:
+            fd = openat(dir_fd, c_name, PROBE)
+            err = errno
+        if fd < 0:
+            if vanished(err) or err == ELOOP or err == ENXIO:
+                return ABSENT
+            if err == EACCES or err == EPERM:
+                return DENIED
+            raise _retry.error(err, shown)
+        strategy = 0
+        try:
+            with nogil:
+                rc = c_fstat(fd, &info)
+            if rc != 0:
+                raise _retry.error(errno, shown)
+            if not S_ISREG(info.st_mode):
+                return ABSENT
+            strategy = strategy_of(fd, info.st_dev, directory)
+            try:
+                if lock_fd(fd, FLOCK, False, False, None, shown) > WAITED:
+                    return ALIVE
+            except OSError as error:
+                if error.errno == ENOENT or error.errno == ESTALE:
+                    return ABSENT  # opened through a stale cache entry: the file is gone
+                raise
+            if strategy & RECORD_LOCK:
+                with nogil:
+                    rc = record_locked_elsewhere(fd)
+                if rc < 0:
+                    raise _retry.error(errno, shown)
+                if rc:
+                    return ALIVE
+            base = name.rpartition(b"/")[2]
+            if not (remove_dead and info.st_size == 0 and is_name(base)):
+                return DEAD
+            unlink_err = 0
+            with nogil:
+                sameness = compare(fd, dir_fd, c_name, strategy, &err)
+                if not err and sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
+                    unlink_err = errno
+            if err:
+                raise _retry.error(err, shown)
+            if sameness == SAME:
+                if unlink_err == EPERM or unlink_err == EACCES:
+                    return DEAD
+                if unlink_err and not vanished(unlink_err):
+                    raise _retry.error(unlink_err, shown)
+                return REMOVED
+            if sameness == GONE:
+                return ABSENT
+        finally:
+            with nogil:
+                failure = let_go(fd, strategy)
+            if failure:
+                raise _retry.error(failure, shown)
+        # A new file took the name between our open and our check: look at that one.
+    return ABSENT
+
+
+def probe(str directory, str name, bint remove_dead):
+    path = f"{directory}/{name}"
+    return probe_at(AT_FDCWD, encoded(path), path, directory, remove_dead)
+
+
+cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live):
+    """Probe every entry of the open directory named like ours (dir_fd is closed)."""
     cdef DIR *listing
     cdef dirent *entry
+    cdef stat info
+    cdef int err, state, rc
+    cdef list found = []
     cdef bytes name
-    cdef bint fresh = on_shared_filesystem(directory, encoded)
-    dir_fd = c_open(encoded, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if dir_fd < 0:
-        if errno == ENOENT:
-            return True
-        raise_errno(errno, directory)
     listing = fdopendir(dir_fd)
     if listing == NULL:
+        err = errno
         close(dir_fd)
-        raise_errno(errno, directory)
+        raise _retry.error(err, directory)
     try:
         while True:
-            clear_errno()  # readdir says "error" only through errno
-            entry = readdir(listing)
+            with nogil:
+                clear_errno()  # readdir says "error" only through errno
+                entry = readdir(listing)
+                err = errno
             if entry == NULL:
-                if errno:
-                    raise_errno(errno, directory)
-                return True
-            if entry.d_name[0] == b'.':
-                continue
+                if err:
+                    raise _retry.error(err, directory)
+                return found
+            if not is_name(entry.d_name):
+                continue  # not ours: never counted, never removed
+            if entry.d_type != DT_REG:
+                if entry.d_type != DT_UNKNOWN:
+                    continue
+                with nogil:
+                    rc = fstatat(dir_fd, entry.d_name, &info, AT_SYMLINK_NOFOLLOW)
+                if rc != 0 or not S_ISREG(info.st_mode):
+                    continue
             name = entry.d_name
-            if probe(dir_fd, name, directory, True, fresh) == ALIVE:
-                return False
+            text = PyUnicode_DecodeFSDefaultAndSize(name, len(name))
+            state = probe_at(dir_fd, name, f"{directory}/{text}", directory, remove_dead)
+            if state != ABSENT:
+                found.append((text, state))
+            if stop_at_live and (state == ALIVE or state == DENIED):
+                return found
     finally:
         closedir(listing)
 
 
-# The cgroup and affinity walk: the pure core imports the same source.
-include "../toil_threading/_cgroups.py"
+def scan(str directory, bint remove_dead):
+    return scan_at(open_directory(directory), directory, remove_dead, False)
+
+
+def leave_arena(int fd, str directory, str name):
+    cdef int dir_fd, strategy = 0
+    try:
+        dir_fd = open_directory(directory)
+    except BaseException:
+        close(fd)
+        raise
+    try:
+        try:
+            strategy = strategy_of_open(fd, directory)
+        finally:
+            release_at(fd, dir_fd, encoded(name), f"{directory}/{name}", strategy)
+    except BaseException:
+        close(dir_fd)
+        raise
+    found = scan_at(dir_fd, directory, True, True)
+    last = found[len(found) - 1] if found else None
+    return last if last is not None and last[1] in (ALIVE, DENIED) else None
+
+
+# Small files (cgroup settings, /proc), read whole with the system calls.
+
+def read_text(str path):
+    cdef bytes name = encoded(path)
+    cdef const char *c_name = name
+    cdef int fd
+    cdef ssize_t got
+    cdef char buffer[8192]
+    chunks = []
+    with nogil:
+        fd = c_open(c_name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    if fd < 0:
+        raise _retry.error(errno, path)
+    try:
+        while True:
+            with nogil:
+                got = read(fd, buffer, sizeof(buffer))
+            if got < 0:
+                if errno == EINTR:
+                    check_signals()
+                    continue
+                raise _retry.error(errno, path)
+            if got == 0:
+                break
+            chunks.append(buffer[:got])
+    finally:
+        close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")

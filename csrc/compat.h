@@ -9,6 +9,42 @@
 #include <sys/mount.h>
 #endif
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+
+/* Open-file-description record locks are Linux's; elsewhere the package never asks for
+   one, and these make any call fail with EINVAL. */
+#ifndef F_OFD_SETLK
+#define F_OFD_GETLK (-1)
+#define F_OFD_SETLK (-1)
+#define F_OFD_SETLKW (-1)
+#endif
 
 static inline void clear_errno(void) { errno = 0; }
+
+/* Forks this process came through: a lock entered before the fork that made this process
+   belongs to its parent, which this process must never release. */
+static unsigned long forks_seen;
+static void count_fork(void) { forks_seen++; }
+static inline int count_forks(void) { return pthread_atfork(NULL, NULL, count_fork); }
+static inline unsigned long forks(void) { return forks_seen; }
+
+/* A whole-file record lock request of the given type (F_RDLCK, F_WRLCK, F_UNLCK). */
+static inline int record_lock(int fd, int command, short type) {
+    struct flock lock = {0};
+    lock.l_type = type;
+    lock.l_whence = SEEK_SET;
+    return fcntl(fd, command, &lock);
+}
+
+/* Whether another open file description holds a record lock conflicting with a read
+   lock on fd's file: 1 if so, 0 if not, -1 with errno on failure. */
+static inline int record_locked_elsewhere(int fd) {
+    struct flock lock = {0};
+    lock.l_type = F_RDLCK;
+    lock.l_whence = SEEK_SET;
+    if (fcntl(fd, F_OFD_GETLK, &lock) != 0)
+        return -1;
+    return lock.l_type != F_UNLCK;
+}
 #endif

@@ -47,17 +47,17 @@ def core(request: pytest.FixtureRequest) -> Iterator[str]:
 
     Forked children inherit the choice; subprocesses get it from `python_with_core`.
     """
-    before = toil_threading._core
-    toil_threading._use_core(load_core(request.param))
+    before = toil_threading._impl.core
+    toil_threading._impl.use_core(load_core(request.param))
     yield request.param
-    toil_threading._use_core(before)
+    toil_threading._impl.use_core(before)
 
 
 def core_prelude(core: str) -> str:
     """Python source that points a fresh interpreter's facade at the given core."""
     return (
-        "import importlib, toil_threading\n"
-        f"toil_threading._use_core(importlib.import_module({CORE_MODULES[core]!r}))\n"
+        "import importlib, toil_threading, toil_threading._impl\n"
+        f"toil_threading._impl.use_core(importlib.import_module({CORE_MODULES[core]!r}))\n"
     )
 
 
@@ -85,6 +85,12 @@ def python_with_core(
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="needs Linux (/proc and friends)"
 )
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def open_fds() -> set[str]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import python_with_core, run_toil
+from conftest import current_umask, python_with_core, run_toil
 
 import toil_threading
 
@@ -112,7 +112,8 @@ def test_member_file_layout(core: str, shm_dir: Path) -> None:
         assert arena.lockfileName is not None and arena.lockfileName.startswith("tmp")
         assert len(arena.lockfileName) == 11
         info = os.stat(shm_dir / "work-arena-members" / members[0])
-        assert info.st_mode & 0o777 == 0o600
+        # Readable by others, so another user's probe can lock it; writable by its owner only.
+        assert info.st_mode & 0o777 == 0o644 & ~current_umask()
         assert not (shm_dir / "toil-mutex-work-arena-lock").exists()
     finally:
         assert list(arena.leave()) == [True]

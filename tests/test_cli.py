@@ -90,8 +90,10 @@ def test_held_mutex_names_its_holder(core: str, lock_dir: Path) -> None:
         table = run_cli(core, "inspect", lock_dir)
         assert table.returncode == 1, table.stderr
         row = table_row(table.stdout, "mutex", "jobs")
-        assert row[2:4] == ["held", str(holder.pid)]
-        assert sys.executable in row and "t.global_mutex(" in table.stdout
+        assert row[2:5] == ["held", str(holder.pid), sys.executable]
+        # The command is cut to a readable width in the table; --json has it whole.
+        command = table.stdout.splitlines()[1].split(None, 4)[4]
+        assert len(command) == _cli.COMMAND_WIDTH and command.endswith("...")
 
         status, report = inspect_json(core, lock_dir)
         assert status == 1 and report["held"] is True
@@ -247,47 +249,48 @@ def test_cpus() -> None:
     assert [limit["source"] for limit in report["limits"]][:2] == ["machine", "affinity"]
 
 
-def test_fs_on_tmpfs_is_safe() -> None:
+def test_fs_on_tmpfs(core: str) -> None:
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm on this machine")
-    table = run_cli("compiled", "fs", "/dev/shm")
-    assert table.returncode == 0
-    assert table_row(table.stdout, "filesystem", "tmpfs")[2:] == ["(statfs", "type", "0x01021994)"]
-    assert table_row(table.stdout, "locks", "safe") == ["locks", "safe"]
-    done = run_cli("compiled", "fs", "--json", "/dev/shm")
+    table = run_cli(core, "fs", "/dev/shm")
+    assert table.returncode == 0, table.stderr
+    assert table_row(table.stdout, "filesystem", "tmpfs") == [
+        "filesystem",
+        "tmpfs",
+        "(mounted",
+        "as",
+        "tmpfs)",
+    ]
+    assert table_row(table.stdout, "strategy", "flock") == ["strategy", "flock"]
+    done = run_cli(core, "fs", "--json", "/dev/shm")
     assert done.returncode == 0
     report = json.loads(done.stdout)
-    assert (report["filesystem"], report["magic"], report["locks"]) == (
+    assert (report["type"], report["magic"], report["flock"], report["posix"]) == (
         "tmpfs",
         "0x01021994",
-        "safe",
+        "local",
+        "local",
     )
+    assert report["mount_point"] == "/dev/shm" and report["strategy"] == "flock"
 
 
-def test_fs_on_the_test_disk(tmp_path: Path) -> None:
-    done = run_cli("compiled", "fs", "--json", tmp_path)
+def test_fs_on_the_test_disk(core: str, tmp_path: Path) -> None:
+    done = run_cli(core, "fs", "--json", tmp_path)
     report = json.loads(done.stdout)
-    assert report["filesystem"] == toil_threading._fs_name(
-        toil_threading._core.fs_type(str(tmp_path))
-    )
-    assert report["locks"] != "refused" and report["reason"]
+    assert report["magic"] == f"0x{toil_threading._impl.core.fs_magic(str(tmp_path)):08x}"
+    assert report["strategy"] != "refused" and report["reason"]
     assert done.returncode == 0
 
 
 def test_fs_refuses_ceph(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # No Ceph here: the core is made to report its statfs magic number.
-    [ceph] = [magic for magic, name in toil_threading._FS_NAMES.items() if name == "ceph"]
-    monkeypatch.setattr(toil_threading._core, "fs_type", lambda path: ceph)
+    # No Ceph here: the core is made to report Ceph's statfs number, which decides.
+    monkeypatch.setattr(toil_threading._impl.core, "fs_magic", lambda target: 0x00C36400)
     assert _cli.main(["fs", "--json", str(tmp_path)]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert (report["filesystem"], report["locks"]) == ("ceph", "refused")
+    assert (report["filesystem"], report["strategy"]) == ("Ceph", "refused")
     assert "Ceph" in report["reason"]
-
-
-def test_every_named_filesystem_has_a_verdict() -> None:
-    assert set(toil_threading._FS_NAMES.values()) - {"ceph"} <= set(_cli._FILESYSTEM_SAFETY)
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "unreadable"])
@@ -324,5 +327,5 @@ def test_console_script_and_help() -> None:
     for part in ("inspect", "cpus", "fs", "examples:", "exit status:"):
         assert part in done.stdout
     assert run_cli("compiled", "fs", "/", command=[str(script)]).stdout.startswith(
-        "path        /\n"
+        "path          /\n"
     )

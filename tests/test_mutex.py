@@ -303,7 +303,7 @@ def test_filesystem_types_match_stat(core: str, lock_dir: Path) -> None:
     reported = subprocess.run(
         ["stat", "-f", "-c", "%t", str(lock_dir)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert toil_threading._core.fs_type(str(lock_dir)) == int(reported, 16)
+    assert toil_threading._impl.core.fs_magic(str(lock_dir)) == int(reported, 16)
     toil_threading.ensure_filesystem_lockable(lock_dir)
 
 

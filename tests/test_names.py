@@ -13,9 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fds_open_on, linux_only, python_with_core, run_toil, skip_or_fail
+from conftest import (
+    current_umask,
+    fds_open_on,
+    linux_only,
+    python_with_core,
+    run_toil,
+    skip_or_fail,
+)
 
 import toil_threading
+from toil_threading._protocol import ABSENT, ALIVE, DEAD, REMOVED
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +53,8 @@ def test_name_is_stable_and_on_disk(core: str, shm_dir: Path, tmp_path: Path) ->
     assert toil_threading.get_process_name(str(shm_dir)) == name
     assert name.startswith("tmp") and len(name) == 11
     info = (shm_dir / name).stat()
-    assert stat.S_IMODE(info.st_mode) == 0o600
+    # Readable by others, so another user's probe can lock it; writable by its owner only.
+    assert stat.S_IMODE(info.st_mode) == 0o644 & ~current_umask()
     assert toil_threading.current_process_name_for[str(shm_dir)] == name
     assert toil_threading.get_process_name(tmp_path) != name
     assert toil_threading.process_name_exists(shm_dir, name)
@@ -300,20 +309,20 @@ def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_pyt
 
 
 def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak: None) -> None:
-    core_module = toil_threading._core
+    core_module = toil_threading._impl.core
     owner = python_with_core(
         core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         name = named_owner(owner)
-        assert core_module.held(str(shm_dir), name, False) is True
+        assert core_module.probe(str(shm_dir), name, False) == ALIVE
         owner.kill()
         owner.wait()
-        assert core_module.held(str(shm_dir), name, False) is False
+        assert core_module.probe(str(shm_dir), name, False) == DEAD
         assert (shm_dir / name).exists(), "a read-only probe removed a file"
-        assert core_module.held(str(shm_dir), name, True) is False
+        assert core_module.probe(str(shm_dir), name, True) == REMOVED
         assert not (shm_dir / name).exists()
-        assert core_module.held(str(shm_dir), name, False) is None
+        assert core_module.probe(str(shm_dir), name, False) == ABSENT
     finally:
         owner.kill()
         owner.wait()

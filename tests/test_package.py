@@ -50,14 +50,14 @@ def run_fresh(code: str, **env: str) -> str:
 def test_cpython_without_the_switch_uses_the_compiled_core() -> None:
     if sys.implementation.name != "cpython":
         pytest.skip("the compiled core is for CPython only")
-    out = run_fresh("import toil_threading as t; print(t.ACCELERATED, t._core.__name__)")
+    out = run_fresh("import toil_threading as t; print(t.ACCELERATED, t._impl.core.__name__)")
     assert out == "True toil_threading._core_c"
 
 
 def test_the_switch_chooses_the_pure_core() -> None:
     out = run_fresh(
         "import sys, toil_threading as t; "
-        "print(t.ACCELERATED, t._core.__name__, 'toil_threading._core_c' in sys.modules)",
+        "print(t.ACCELERATED, t._impl.core.__name__, 'toil_threading._core_c' in sys.modules)",
         TOIL_THREADING_NO_EXTENSIONS="1",
     )
     assert out == "False toil_threading._core_py False"

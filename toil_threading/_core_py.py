@@ -1,8 +1,9 @@
-"""Pure-Python core of toil_threading: the lock primitives over the os and fcntl modules.
+"""Pure-Python core: the package's system calls and hot loops, over the os and fcntl modules.
 
-Twin of csrc/_core_c.pyx: same names, signatures and behaviour.  Python already retries
-EINTR in these calls after running the signal handlers (PEP 475), so Ctrl-C works here
-without help.
+Twin of csrc/_core_c.pyx: the same functions, signatures and behaviour.  Every failure
+is handed to toil_threading._retry, as the compiled core does.  Python already releases
+the GIL around each of these calls and retries EINTR after running the signal handlers
+(PEP 475), so a Ctrl-C during a wait raises KeyboardInterrupt here without help.
 """
 
 from __future__ import annotations
@@ -10,195 +11,170 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
+import struct
 import sys
 import time
 
-# The cgroup and affinity walk: the compiled core includes the same source.
-from ._cgroups import cpu_limits as cpu_limits
-from ._cgroups import parse_quota_v1 as parse_quota_v1
-from ._cgroups import parse_quota_v2 as parse_quota_v2
-from ._protocol import CEPH, NAME_CHARACTERS, NAME_LENGTH, NAME_PREFIX, SHARED_FILESYSTEMS
+from . import _retry
+from ._protocol import (
+    ABSENT,
+    ALIVE,
+    CLAIM_TRIES,
+    DEAD,
+    DENIED,
+    MEMBERS_DIRECTORY_MODE,
+    MUTEX_FILE_MODE,
+    NAME_CHARACTERS,
+    NAME_FILE_MODE,
+    NAME_LENGTH,
+    NAME_PREFIX,
+    RECORD_LOCK,
+    REMOVED,
+    SHARED,
+    VANISHED_TRIES,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
-
-def _log(level: str, message: str, *args: object) -> None:
-    # logging is imported only when something is worth saying: it costs milliseconds.
-    import logging
-
-    getattr(logging.getLogger("toil_threading"), level)(message, *args)
-
-
-# The EIO/ENOLCK retry policy; the facade sets it from the environment at import.
-_policy = (10, 1.0, 60.0)
-
-# Ceph, where flock is known to hang or break the MDS.
-CEPH_SUPER_MAGIC = CEPH
-
-# Longest pause between two non-blocking tries of a lock wait that has a timeout.
-POLL_CAP = 0.01
-
-_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+_BUSY = (errno.EAGAIN, errno.EACCES)  # EWOULDBLOCK is EAGAIN
 _RETRIED = (errno.EIO, errno.ENOLCK)
 _VANISHED = (errno.ENOENT, errno.ESTALE)
-_MUTEX_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_CLAIM_FLAGS = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+_REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
+_COMMON = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_CREATE = os.O_CREAT | os.O_WRONLY | _COMMON
+_WRITE = os.O_WRONLY | _COMMON
+_PROBE = os.O_RDONLY | _COMMON
+_CLAIM = os.O_CREAT | os.O_EXCL | os.O_RDWR | _COMMON
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# How many names claim() tries before giving up, as tempfile does (TMP_MAX).
-CLAIM_TRIES = 10000
+# A file still at its path (_SAME), gone from it (_GONE), or another file there (_REPLACED).
+_SAME, _GONE, _REPLACED = 0, 1, 2
+# What a lock call reports when the lock was had: at once, or after waiting for it.
+_HAD, _WAITED = 0, 1
+# Why a new lock file was let go: lost to another process after waiting for it (_LOST), or
+# found gone or changed at once, as a shared filesystem's stale cache makes it (_STALE).
+_LOST, _STALE = -1, -2
+
+# Counts the forks this process came through: a lock entered before the fork that made
+# this process is its parent's, which this process must never release.
+_forks = 0
 
 
-def set_retry_policy(max_tries: int, backoff: float, max_backoff: float) -> None:
-    global _policy
-    _policy = (int(max_tries), float(backoff), float(max_backoff))
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
 
 
-def retry_policy() -> tuple[int, float, float]:
-    return _policy
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
 
 
-def _deadline_of(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
+# Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
+
+_FLOCK, _RECORD = 0, 1
+_RECORD_LOCKS = sys.platform.startswith("linux")  # F_OFD_* are Linux's
 
 
-def _lock_fd(fd: int, block: bool, shared: bool, deadline: float | None, path: str | None) -> None:
-    op = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    if deadline is not None or not block:
-        op |= fcntl.LOCK_NB
-    max_tries, backoff, max_backoff = _policy
-    failures = 0
-    poll = 0.001
+def _record(kind: int) -> bytes:
+    # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len (0: to the end), l_pid.
+    return struct.pack("hhqqi", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _lock_call(fd: int, how: int, exclusive: bool, wait: bool) -> int:
+    """One flock or record-lock call: 0 when had, else the errno."""
+    try:
+        if how == _FLOCK:
+            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            fcntl.flock(fd, op if wait else op | fcntl.LOCK_NB)
+        else:
+            command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+            fcntl.fcntl(fd, command, _record(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK))
+    except OSError as error:
+        return error.errno or errno.EIO
+    return 0
+
+
+def _lock(
+    fd: int, how: int, exclusive: bool, block: bool, deadline: float | None, path: str | None
+) -> int:
+    """Take a lock with the package's policy: _HAD or _WAITED once had.
+
+    A free lock is had at once.  A busy one is waited for (in the kernel, or polling
+    toward the deadline), or without block its errno (EAGAIN or EACCES) is returned.
+    EIO and ENOLCK are retried as the policy says; anything else raises.
+    """
     where = path or f"fd {fd}"
+    failures = polls = 0
+    wait = False
     while True:
-        try:
-            fcntl.flock(fd, op)
-            return
-        except OSError as error:
-            err = error.errno or 0
-            left = 0.0 if deadline is None else deadline - time.monotonic()
-            if err in _BUSY:
-                if deadline is None:
-                    raise OSError(err, os.strerror(err), path) from None
-                if left <= 0:
-                    raise TimeoutError(f"timed out waiting for the lock on {where}") from None
-                time.sleep(min(poll, left))
-                poll = min(poll * 2, POLL_CAP)
-                continue
-            if err in _RETRIED:
-                failures += 1
-                if failures < max_tries:
-                    _log(
-                        "error",
-                        "flock on %s failed with %s (try %d of %d); retrying in %g s",
-                        where,
-                        os.strerror(err),
-                        failures,
-                        max_tries,
-                        backoff,
-                    )
-                    if deadline is not None and left < backoff:
-                        time.sleep(left)
-                        raise TimeoutError(
-                            f"timed out retrying the lock on {where} after {os.strerror(err)}"
-                        ) from None
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, max_backoff)
-                    continue
-                _log(
-                    "critical",
-                    "giving up on flock of %s after %d tries: %s. %s",
-                    where,
-                    failures,
-                    os.strerror(err),
-                    "ENOLCK usually means an NFS mount without a working lock daemon (lockd)"
-                    if err == errno.ENOLCK
-                    else "EIO from flock is typical of a Ceph MDS in trouble;"
-                    " Ceph is not safe for locks",
-                )
-            raise OSError(err, os.strerror(err), path) from None
+        err = _lock_call(fd, how, exclusive, wait)
+        if err == 0:
+            return _WAITED if wait or polls else _HAD
+        if err in _BUSY:
+            if not block:
+                return err
+            if deadline is None:
+                wait = True  # free locks are had without blocking; a busy one: wait in the kernel
+            else:
+                polls += 1
+                _retry.busy(polls, deadline, where)
+        elif err in _RETRIED:
+            failures += 1
+            _retry.lock_failed(err, failures, deadline, where)
+        else:
+            raise _retry.error(err, path)
 
 
-def lock(fd: int, block: bool, shared: bool, timeout: float | None, path: str | None) -> None:
-    _lock_fd(fd, block, shared, _deadline_of(timeout), path)
+def _locked_elsewhere(fd: int) -> bool:
+    """Does another open file description hold a write record lock on fd's file?"""
+    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _record(fcntl.F_RDLCK))
+    return bool(struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK)
 
 
-def _close(fd: int) -> None:
-    """close(2) frees the descriptor whatever it returns (ESTALE on a shared filesystem)."""
+def _unlock_and_close(fd: int, strategy: int) -> None:
+    """Let go of every lock on fd and close it.  Closing releases the locks anyway, so an
+    unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an error; close
+    frees the descriptor whatever it returns."""
+    failure = 0
+    try:
+        if strategy & RECORD_LOCK:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _record(fcntl.F_UNLCK))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as error:
+        failure = error.errno or errno.EIO
+    failure = failure or _close(fd)
+    if failure and failure not in (*_RETRIED, errno.ESTALE):
+        raise _retry.error(failure, None)
+
+
+def _close(fd: int) -> int:
+    """close(2), which frees the descriptor whatever it returns (a shared filesystem may
+    report ENOENT or ESTALE from its flush): EBADF, the one error worth raising, or 0."""
     try:
         os.close(fd)
     except OSError as error:
-        if error.errno == errno.EBADF:
-            raise
+        return errno.EBADF if error.errno == errno.EBADF else 0
+    return 0
+
+
+def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str | None) -> None:
+    busy = _lock(fd, _FLOCK, not shared, block, deadline, path)
+    if busy > _WAITED:
+        raise _retry.error(busy, path)
 
 
 def unlock_and_close(fd: int) -> None:
-    """Unlock and close fd.  Closing releases the lock anyway, so an unlock that fails
-    with EIO/ENOLCK (lock daemon trouble) or ESTALE (the file is gone on the server) is
-    not an error."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except OSError as error:
-        _close(fd)
-        if error.errno not in (*_RETRIED, errno.ESTALE):
-            raise
-        return
-    _close(fd)
+    _unlock_and_close(fd, 0)
 
 
-def _is_same(fd: int, path: str, fresh: bool) -> bool | None:
-    """True if path names the file open at fd, False if another file, None if nothing.
-
-    A symlink now at path is another file.  fresh: see _identity_at.
-    """
-    try:
-        held = os.fstat(fd)
-    except OSError as error:
-        if error.errno == errno.ESTALE:
-            return None
-        raise
-    if fresh and held.st_nlink == 0:
-        return None
-    found = _identity_at(path, fresh)
-    return None if found is None else found == (held.st_dev, held.st_ino)
-
-
-# Per directory: is it on a shared filesystem?  Decided once per process (a statfs).
-_shared_directories: dict[str, bool] = {}
-
-
-def _on_shared_filesystem(directory: str) -> bool:
-    found = _shared_directories.get(directory)
-    if found is None:
-        try:
-            kind = _f_type(directory)
-        except OSError:
-            return False  # the operation itself will meet and report the problem
-        found = _shared_directories[directory] = kind in SHARED_FILESYSTEMS
-    return found
-
-
-def _directory_exists(directory: str) -> bool:
-    """After ENOENT creating a file in it: was it the directory, or a stale cache entry?"""
-    return os.path.exists(directory)
-
-
-def same_file(fd: int, path: str) -> bool:
-    return bool(_is_same(fd, path, _f_type(fd) in SHARED_FILESYSTEMS))
-
-
-_libc: Any = None  # ctypes.CDLL of the C library, loaded when first needed
-
-
-def _f_type(target: str | int) -> int:
-    """statfs(2) (for a path) or fstatfs(2) (for a descriptor) f_type; 0 off Linux."""
+def fs_magic(target: str | int) -> int:
+    """statfs(2) (a path) or fstatfs(2) (a descriptor) f_type; 0 off Linux."""
     global _libc
     if not sys.platform.startswith("linux"):
-        if isinstance(target, str):
-            os.stat(target)  # the same errors for a missing path as on Linux
+        os.stat(target)  # the same errors for a missing path or a bad descriptor
         return 0
     import ctypes  # here, not at the top: it costs milliseconds to import
 
@@ -211,256 +187,426 @@ def _f_type(target: str | int) -> int:
     else:
         failed = _libc.statfs(os.fsencode(target), buffer) != 0
     if failed:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), None if isinstance(target, int) else target)
-    return ctypes.c_long.from_buffer(buffer).value
+        raise _retry.error(ctypes.get_errno(), None if isinstance(target, int) else target)
+    return int(ctypes.c_long.from_buffer(buffer).value)
 
 
-def fs_type(path: str) -> int:
-    """The f_type of statfs(2) for path (0 where this platform does not give one)."""
-    return _f_type(path)
+_libc: Any = None  # ctypes.CDLL of the C library, loaded when first needed
+
+
+# How to lock on each filesystem met (its device), decided once by _filesystems.  Kept
+# small: a process meeting more filesystems than this starts the table again.
+_strategies: dict[int, int] = {}
+_STRATEGIES_KEPT = 64
+
+
+def _strategy(fd: int, device: int, directory: str) -> int:
+    found = _strategies.get(device)
+    if found is None:
+        from . import _filesystems
+
+        found = _filesystems.strategy_for(fd, device, directory)
+        if len(_strategies) >= _STRATEGIES_KEPT:
+            _strategies.clear()
+        _strategies[device] = found
+    return found
+
+
+def _identity_at(dir_fd: int | None, name: str) -> tuple[int, int] | None:
+    """(device, inode) of the file name now names, opened afresh (which a shared
+    filesystem's server resolves, where stat(2) may answer from a cache); None if
+    nothing is there, (-1, -1) for a symlink."""
+    try:
+        fd = os.open(name, _PROBE, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return (-1, -1)
+        if error.errno in _VANISHED:
+            return None
+        raise
+    try:
+        info = os.fstat(fd)
+    except OSError as error:
+        if error.errno != errno.ESTALE:
+            raise
+        return None
+    finally:
+        _close(fd)
+    return (info.st_dev, info.st_ino)
+
+
+def _sameness(fd: int, dir_fd: int | None, name: str, strategy: int) -> int:
+    """Does name (relative to dir_fd) still name the locked file open at fd?
+
+    On a local filesystem the locked descriptor answers: nobody unlinks a lock file but
+    its holder, so a file with one link is still at its path.  A shared filesystem's
+    cached attributes may lie, so there the path is opened afresh and compared.
+    """
+    try:
+        info = os.fstat(fd)
+    except OSError as error:
+        if error.errno == errno.ESTALE:
+            return _GONE
+        raise
+    if info.st_nlink == 0:
+        return _GONE
+    if info.st_nlink == 1 and not strategy & SHARED:
+        return _SAME
+    found = _identity_at(dir_fd, name)
+    if found is None:
+        return _GONE
+    return _SAME if found == (info.st_dev, info.st_ino) else _REPLACED
+
+
+def same_file(fd: int, path: str) -> bool:
+    return _sameness(fd, None, path, SHARED) == _SAME
+
+
+# global_mutex: the mutex file, opened, locked and verified, then unlinked and let go.
+
+
+def _open_lock_file(directory: str, path: str, deadline: float | None) -> int:
+    """Open (creating it if missing) the lock file at path, never through a symlink.
+
+    Another user's file that we may not write is opened read-only, without O_CREAT
+    (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
+    flock works on any descriptor.
+    """
+    flags = _CREATE
+    tries = 0
+    while True:
+        try:
+            return os.open(path, flags, MUTEX_FILE_MODE)
+        except OSError as error:
+            err = error.errno or errno.EIO
+        if err == errno.EACCES and flags != _PROBE:
+            flags = _WRITE if flags == _CREATE else _PROBE
+        elif err == errno.ENOENT and flags != _CREATE:
+            # Refused creating it, then found none: the directory may not be ours to write,
+            # or the file went away in between; creating once more tells which.
+            tries += 1
+            if tries > 1:
+                raise _retry.error(errno.EACCES, path)
+            flags = _CREATE
+        elif err in (errno.ENXIO, errno.EISDIR):
+            raise _retry.not_a_lock_file(path)
+        elif err in (*_VANISHED, errno.EEXIST):
+            tries += 1
+            _retry.vanished(err, tries, deadline, directory, path)
+        elif err == errno.ENOTDIR:
+            raise _retry.error(err, directory)
+        else:
+            raise _retry.error(err, path)
+
+
+def _lock_new(
+    fd: int, directory: str, name: str, dir_fd: int | None, block: bool, deadline: float | None
+) -> int:
+    """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
+    and verify it is still at its name.  Returns the strategy; or _LOST or _STALE when the
+    file is not worth keeping (the caller closes it and starts again)."""
+    shown = name if dir_fd is None else f"{directory}/{name}"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _retry.not_a_lock_file(shown)
+        strategy = _strategy(fd, info.st_dev, directory)
+        had = _lock(fd, _FLOCK, True, block, deadline, shown)
+        if strategy & RECORD_LOCK and had <= _WAITED:
+            had = max(had, _lock(fd, _RECORD, True, block, deadline, shown))
+    except OSError as error:
+        if error.errno in _VANISHED:
+            return _STALE  # opened through a stale cache entry: the file is gone
+        raise
+    if had > _WAITED:
+        return _LOST  # held, and not to be waited for (a poller looking at a new file)
+    if _sameness(fd, dir_fd, name, strategy) == _SAME:
+        return strategy
+    return _LOST if had == _WAITED else _STALE
+
+
+def _release_at(fd: int, dir_fd: int | None, name: str, shown: str, strategy: int) -> None:
+    """Unlink the lock file if it is still ours, then let go of it (always)."""
+    try:
+        sameness = _sameness(fd, dir_fd, name, strategy)
+        if sameness == _SAME:
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except OSError as error:
+                if error.errno in _REFUSED_UNLINK:
+                    _retry.kept(shown, error.errno)
+                elif error.errno in _VANISHED:
+                    sameness = _GONE
+                else:
+                    raise
+        if sameness != _SAME:
+            _retry.lost(shown, sameness == _REPLACED)
+    finally:
+        _unlock_and_close(fd, strategy)
 
 
 class HeldMutex:
     """What global_mutex returns: a context manager holding the mutex file while entered.
 
-    refusal(base_dir) makes the exception raised when base_dir is on a filesystem
-    where locks are unsafe (checked on every acquisition, as Toil does).
+    Dropped while entered (never exited), it lets the mutex go when collected.
     """
 
-    __slots__ = ("_fd", "_fresh", "_id", "_path", "_refusal", "_timeout", "base_dir", "filename")
+    __slots__ = ("_base_dir", "_fd", "_filename", "_forks", "_path", "_strategy", "_timeout")
 
-    def __init__(
-        self,
-        base_dir: str,
-        filename: str,
-        timeout: float | None,
-        refusal: Callable[[str], BaseException],
-    ) -> None:
-        self.base_dir, self.filename = base_dir, filename
-        self._timeout, self._refusal = timeout, refusal
+    def __init__(self, base_dir: str, filename: str, timeout: float | None) -> None:
+        self._fd = -1
+        self._base_dir, self._filename, self._timeout = base_dir, filename, timeout
         self._path = f"{base_dir}/{filename}"
         if "\0" in self._path:
             raise ValueError(f"embedded null byte in path {self._path!r}")
-        self._fd = -1
-        self._id = (0, 0)
-        self._fresh = False
+        self._strategy = self._forks = 0
 
-    def _acquire(self, deadline: float | None) -> None:
-        """Open, lock and verify the mutex file; fills in the descriptor and identity."""
-        path = self._path
-        checked = False
-        while True:
-            try:
-                fd = os.open(path, _MUTEX_FLAGS, 0o666)
-            except OSError as error:
-                if error.errno in (errno.ESTALE, errno.EEXIST) or (
-                    error.errno == errno.ENOENT and _directory_exists(self.base_dir)
-                ):
-                    # Another client changed the directory under our cache (a shared
-                    # filesystem can even answer EEXIST to an open without O_EXCL).
-                    continue
-                if error.errno in (errno.ENOENT, errno.ENOTDIR):
-                    raise OSError(error.errno, error.strerror, self.base_dir) from None
-                raise
-            try:
-                if not checked:
-                    # Checked on the open file, before any lock, once per acquisition:
-                    # see the compiled twin.
-                    kind = _f_type(fd)
-                    if kind == CEPH_SUPER_MAGIC:
-                        raise self._refusal(self.base_dir)
-                    self._fresh = kind in SHARED_FILESYSTEMS
-                    checked = True
-                _lock_fd(fd, True, False, deadline, path)
-                info = os.fstat(fd)
-                identity = (info.st_dev, info.st_ino)
-                if (
-                    not (self._fresh and info.st_nlink == 0)
-                    and _identity_at(path, self._fresh) == identity
-                ):
-                    self._fd, self._id = fd, identity
-                    return
-            except OSError as error:
-                _close(fd)
-                if error.errno in _VANISHED:
-                    continue
-                raise
-            except BaseException:
-                _close(fd)
-                raise
-            # The previous holder unlinked (or someone replaced) the file while we waited.
-            _close(fd)
+    @property
+    def base_dir(self) -> str:
+        return self._base_dir
+
+    @property
+    def filename(self) -> str:
+        return self._filename
 
     def __enter__(self) -> None:
         if self._fd >= 0:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        self._acquire(_deadline_of(self._timeout))
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        stale = 0
+        while True:
+            fd = _open_lock_file(self._base_dir, self._path, deadline)
+            try:
+                strategy = _lock_new(fd, self._base_dir, self._path, None, True, deadline)
+            except BaseException:
+                _close(fd)
+                raise
+            if strategy >= 0:
+                self._fd, self._strategy, self._forks = fd, strategy, _forks
+                return
+            # The previous holder unlinked (or someone replaced) the file while we waited;
+            # or a stale cache showed us a file already gone: then pause, within bounds.
+            _close(fd)
+            stale = stale + 1 if strategy == _STALE else 0
+            if stale:
+                _retry.vanished(errno.ESTALE, stale, deadline, self._base_dir, self._path)
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        fd = self._fd
-        if fd < 0:
+        if self._fd < 0:
             raise RuntimeError("this global_mutex() was not entered")
-        self._fd = -1
-        try:
-            found = _identity_at(self._path, self._fresh)
-            if found == self._id and _unlinked(self._path):
-                return
-            _log_lost_lock_file(self._path, None if found == self._id else found)
-        finally:
-            unlock_and_close(fd)
+        self._end_hold()
 
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            self._end_hold()
 
-def _identity_at(path: str, fresh: bool) -> tuple[int, int] | None:
-    """(device, inode) of what path names now (a symlink itself), None if nothing.
-
-    With fresh (shared filesystems, whose caches may answer for a file already gone),
-    the path is opened anew, which the server resolves, instead of trusting stat(2).
-    """
-    try:
-        if not fresh:
-            info = os.stat(path, follow_symlinks=False)
+    def _end_hold(self) -> None:
+        fd, self._fd = self._fd, -1
+        if self._forks != _forks:
+            _close(fd)  # entered before the fork that made us: the lock is the parent's
         else:
-            try:
-                named_fd = os.open(path, _PROBE_FLAGS)
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    return (-1, -1)  # a symlink: another file than ours
-                raise
-            try:
-                info = os.fstat(named_fd)
-            finally:
-                _close(named_fd)
-    except OSError as error:
-        if error.errno in _VANISHED:
-            return None
-        raise
-    return (info.st_dev, info.st_ino)
+            _release_at(fd, None, self._path, self._path, self._strategy)
 
 
-def _unlinked(path: str) -> bool:
-    """Unlink path; False if it was already gone (a shared filesystem's stale cache)."""
-    try:
-        os.unlink(path)
-    except OSError as error:
-        if error.errno in _VANISHED:
-            return False
-        raise
-    return True
+# Process names and arena members: mkstemp-style files, each locked by its owner.
 
 
-def _log_lost_lock_file(path: str, found: object) -> None:
-    _log(
-        "error",
-        "lock file %s was %s while its lock was held (by pid %d): "
-        "something outside the locking protocol touched it",
-        path,
-        "removed" if found is None else "replaced",
-        os.getpid(),
+def _fresh_name() -> str:
+    letters = len(NAME_CHARACTERS)
+    return NAME_PREFIX + "".join(NAME_CHARACTERS[b % letters] for b in os.urandom(NAME_LENGTH))
+
+
+def _is_name(name: str) -> bool:
+    """Named like a name or member file (so the package may have made it)."""
+    return (
+        len(name) == len(NAME_PREFIX) + NAME_LENGTH
+        and name.startswith(NAME_PREFIX)
+        and all(character in NAME_CHARACTERS for character in name[len(NAME_PREFIX) :])
     )
 
 
-def release(fd: int, base_dir: str, filename: str) -> None:
-    path = f"{base_dir}/{filename}"
-    try:
-        sameness = _is_same(fd, path, _on_shared_filesystem(base_dir))
-        if not (sameness and _unlinked(path)):
-            _log_lost_lock_file(path, None if sameness else sameness)
-    finally:
-        unlock_and_close(fd)
-
-
-def _probe(path: str, remove_dead: bool, fresh: bool) -> bool | None:
-    """Is the file at path held by a live owner (True, else False; None if absent)?
-
-    Only a shared non-blocking lock is tried, and let go at once.  If remove_dead, a
-    file nobody holds belongs to a dead owner and is removed, but only while it is
-    still the file at that path.  fresh: see _identity_at.
-    """
-    while True:
-        try:
-            fd = os.open(path, _PROBE_FLAGS)
-        except OSError as error:
-            if error.errno in (*_VANISHED, errno.ELOOP):
-                return None
-            raise
-        try:
-            _lock_fd(fd, False, True, None, path)
-        except BlockingIOError:
-            _close(fd)
-            return True
-        except OSError as error:
-            _close(fd)
-            if error.errno in _VANISHED:
-                return None  # opened through a stale cache entry: the file is gone
-            raise
-        except BaseException:
-            _close(fd)
-            raise
-        if not remove_dead:
-            unlock_and_close(fd)
-            return False
-        try:
-            sameness = _is_same(fd, path, fresh)
-            if sameness:
-                _unlinked(path)
-        finally:
-            unlock_and_close(fd)
-        if sameness is not False:
-            return False if sameness else None
-        # A new file took the name between our open and our check: look at that one.
-
-
-def held(directory: str, name: str, remove_dead: bool) -> bool | None:
-    return _probe(f"{directory}/{name}", remove_dead, _on_shared_filesystem(directory))
-
-
-def claim(directory: str, make_directory: bool) -> tuple[int, str]:
-    if make_directory:
-        try:
-            os.mkdir(directory, 0o777)
-        except FileExistsError:
-            pass
-    fresh = _on_shared_filesystem(directory)
+def _claim_at(dir_fd: int | None, directory: str) -> tuple[int, str]:
+    """Create and lock a fresh name file in directory (relative to dir_fd if given)."""
+    stale = 0
     for _ in range(CLAIM_TRIES):
-        name = NAME_PREFIX + "".join(
-            NAME_CHARACTERS[byte % len(NAME_CHARACTERS)] for byte in os.urandom(NAME_LENGTH)
-        )
+        name = _fresh_name()
         path = f"{directory}/{name}"
         try:
-            fd = os.open(path, _CLAIM_FLAGS, 0o600)
+            fd = os.open(path if dir_fd is None else name, _CLAIM, NAME_FILE_MODE, dir_fd=dir_fd)
         except OSError as error:
-            if error.errno in (errno.EEXIST, errno.ESTALE) or (
-                error.errno == errno.ENOENT and _directory_exists(directory)
-            ):
+            if error.errno == errno.EEXIST:
                 continue
-            raise OSError(error.errno, error.strerror, directory) from None
-        try:
-            _lock_fd(fd, False, False, None, path)
-            if _is_same(fd, path, fresh):
-                return fd, name
-        except BlockingIOError:
-            pass  # a poller is looking at it, and will remove it
-        except OSError as error:
             if error.errno not in _VANISHED:
-                _close(fd)
-                raise
+                raise _retry.error(error.errno or errno.EIO, directory) from None
+            stale += 1
+            _retry.vanished(error.errno, stale, None, directory, directory)
+            continue
+        try:
+            strategy = _lock_new(
+                fd, directory, path if dir_fd is None else name, dir_fd, False, None
+            )
         except BaseException:
             _close(fd)
             raise
-        _close(fd)
+        if strategy >= 0:
+            return fd, name
+        _close(fd)  # a poller took it for a dead one's (it will remove it), or it is stale
+        if strategy == _STALE:
+            stale += 1
+            _retry.vanished(errno.ESTALE, stale, None, directory, directory)
     raise FileExistsError(
         errno.EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory
     )
 
 
-def arena_scan(directory: str) -> bool:
+def claim_name(directory: str) -> tuple[int, str]:
+    return _claim_at(None, directory)
+
+
+def _open_directory(directory: str) -> int:
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return True
-    fresh = _on_shared_filesystem(directory)
-    for name in names:
-        if not name.startswith(".") and _probe(f"{directory}/{name}", True, fresh):
-            return False
-    return True
+        return os.open(directory, _DIRECTORY)
+    except OSError as error:
+        raise _retry.error(error.errno or errno.EIO, directory) from None
+
+
+def claim_member(directory: str) -> tuple[int, str]:
+    try:
+        os.mkdir(directory, MEMBERS_DIRECTORY_MODE)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise _retry.error(error.errno or errno.EIO, directory) from None
+    dir_fd = _open_directory(directory)
+    try:
+        return _claim_at(dir_fd, directory)
+    finally:
+        _close(dir_fd)
+
+
+def release(fd: int, directory: str, name: str) -> None:
+    path = f"{directory}/{name}"
+    strategy = 0
+    try:
+        strategy = _strategy(fd, os.fstat(fd).st_dev, directory)
+    finally:
+        _release_at(fd, None, path, path, strategy)
+
+
+def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_dead: bool) -> int:
+    """What the file at name (relative to dir_fd) says of its owner: ALIVE, DEAD, REMOVED,
+    DENIED or ABSENT (also for anything that is not a regular file: never ours).
+
+    Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
+    unlocked empty file named like ours is removed, while it is still the one found."""
+    for _ in range(VANISHED_TRIES):
+        try:
+            fd = os.open(name, _PROBE, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno in (*_VANISHED, errno.ELOOP, errno.ENXIO):
+                return ABSENT
+            if error.errno in (errno.EACCES, errno.EPERM):
+                return DENIED
+            raise _retry.error(error.errno or errno.EIO, shown) from None
+        strategy = 0
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return ABSENT
+            strategy = _strategy(fd, info.st_dev, directory)
+            try:
+                if _lock(fd, _FLOCK, False, False, None, shown) > _WAITED:
+                    return ALIVE
+            except OSError as error:
+                if error.errno in _VANISHED:
+                    return ABSENT  # opened through a stale cache entry: the file is gone
+                raise
+            if strategy & RECORD_LOCK and _locked_elsewhere(fd):
+                return ALIVE
+            if not (remove_dead and info.st_size == 0 and _is_name(os.path.basename(name))):
+                return DEAD
+            sameness = _sameness(fd, dir_fd, name, strategy)
+            if sameness == _SAME:
+                try:
+                    os.unlink(name, dir_fd=dir_fd)
+                except OSError as error:
+                    if error.errno in _REFUSED_UNLINK:
+                        return DEAD
+                    if error.errno not in _VANISHED:
+                        raise
+                return REMOVED
+            if sameness == _GONE:
+                return ABSENT
+        finally:
+            _unlock_and_close(fd, strategy)
+        # A new file took the name between our open and our check: look at that one.
+    return ABSENT
+
+
+def probe(directory: str, name: str, remove_dead: bool) -> int:
+    path = f"{directory}/{name}"
+    return _probe_at(None, path, path, directory, remove_dead)
+
+
+def _scan_at(
+    dir_fd: int, directory: str, remove_dead: bool, stop_at_live: bool
+) -> list[tuple[str, int]]:
+    found = []
+    for entry in os.scandir(dir_fd):
+        if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
+            continue  # not ours: never counted, never removed
+        state = _probe_at(dir_fd, entry.name, f"{directory}/{entry.name}", directory, remove_dead)
+        if state != ABSENT:
+            found.append((entry.name, state))
+        if stop_at_live and state in (ALIVE, DENIED):
+            break
+    return found
+
+
+def scan(directory: str, remove_dead: bool) -> list[tuple[str, int]]:
+    dir_fd = _open_directory(directory)
+    try:
+        return _scan_at(dir_fd, directory, remove_dead, False)
+    finally:
+        _close(dir_fd)
+
+
+def leave_arena(fd: int, directory: str, name: str) -> tuple[str, int] | None:
+    try:
+        dir_fd = os.open(directory, _DIRECTORY)
+    except OSError as error:
+        _close(fd)
+        raise _retry.error(error.errno or errno.EIO, directory) from None
+    try:
+        strategy = 0
+        try:
+            strategy = _strategy(fd, os.fstat(fd).st_dev, directory)
+        finally:
+            _release_at(fd, dir_fd, name, f"{directory}/{name}", strategy)
+        found = _scan_at(dir_fd, directory, True, True)
+    finally:
+        _close(dir_fd)
+    return found[-1] if found and found[-1][1] in (ALIVE, DENIED) else None
+
+
+# cgroup files: small files of numbers, read whole.
+
+
+def read_text(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as error:
+        raise _retry.error(error.errno or errno.EIO, path) from None
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 8192)
+            except OSError as error:
+                raise _retry.error(error.errno or errno.EIO, path) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        _close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")

@@ -1,15 +1,44 @@
-"""Choose the core: compiled where it can be, the pure-Python twin otherwise."""
+"""Choose the core: the compiled one where it can be imported, its pure-Python twin otherwise.
+
+Every module of the package calls the core through `core` here, looked up at each call,
+so `use_core` switches all of them (tests and benchmarks run both cores in one process).
+Type checkers see the pure twin; stubtest holds the compiled core to its .pyi.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 
+__all__ = ["accelerated", "choose_core", "core", "use_core"]
+
+NO_EXTENSIONS = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
 
-NO_EXTENSIONS = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
+    from . import _core_py as core
+
+
+def _why_not_compiled(error: ImportError) -> str:
+    """Why the compiled core did not import, in words that say what to do."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.dirname(package)
+    if os.path.isdir(os.path.join(checkout, "csrc")) and os.path.exists(
+        os.path.join(checkout, "setup.py")
+    ):
+        return (
+            f"the toil_threading imported is the source folder {package}, which has no "
+            "compiled core: it shadows the installed package because the current directory "
+            "(or PYTHONPATH) puts the checkout first. Run from another directory, or with "
+            "`python -I`"
+        )
+    return (
+        f"the compiled core did not import ({error}); reinstall with a C compiler and the "
+        "Python headers for speed, or set TOIL_THREADING_NO_EXTENSIONS=1 to choose the "
+        "pure core knowingly"
+    )
 
 
 def choose_core() -> ModuleType:
@@ -22,9 +51,7 @@ def choose_core() -> ModuleType:
             import warnings
 
             warnings.warn(
-                f"toil_threading is using its slower pure-Python core: the compiled core "
-                f"did not import ({error}). Reinstall with a C compiler for speed, or set "
-                f"TOIL_THREADING_NO_EXTENSIONS=1 to choose the pure core knowingly.",
+                f"toil_threading is using its slower pure-Python core: {_why_not_compiled(error)}.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -33,4 +60,16 @@ def choose_core() -> ModuleType:
     return _core_py
 
 
-core = choose_core()
+if not TYPE_CHECKING:
+    core = choose_core()
+
+
+def use_core(module: ModuleType) -> None:
+    """Switch this process to the given core (tests, benchmarks)."""
+    # Through globals(): to type checkers `core` is the pure twin's module itself.
+    globals()["core"] = module
+
+
+def accelerated() -> bool:
+    """True while the compiled core is the one in use."""
+    return core.__name__.endswith("._core_c")

@@ -1,0 +1,153 @@
+"""What a core does when something goes wrong, written once and called only then.
+
+The cores make the system calls and run the hot loops; when a call fails they hand the
+failure here: retry decisions, pauses, log lines, hints and the exceptions themselves
+live in this one place, so the two cores behave (and word their errors) the same.
+Pauses go through time.sleep, which releases the GIL and lets Ctrl-C through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+import time
+
+from ._protocol import (
+    DEFAULT_RETRY_POLICY,
+    LOGGER_NAME,
+    POLL_CAP,
+    POLL_FIRST,
+    VANISHED_PAUSE_CAP,
+    VANISHED_TRIES,
+)
+
+# (max_tries, backoff, max_backoff) for EIO and ENOLCK; the facade validates changes.
+policy: tuple[int, float, float] = DEFAULT_RETRY_POLICY
+
+# The likely cause named when giving up, by errno.
+_GIVE_UP_HINTS = {
+    errno.ENOLCK: "ENOLCK usually means an NFS mount without a working lock daemon (lockd)",
+    errno.EIO: "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks",
+}
+
+# Clearer words than strerror's for the errors a hostile directory gives.
+_MESSAGES = {
+    errno.ELOOP: "a symbolic link is there, and locks never follow one",
+}
+
+
+def log(level: int, message: str, *args: object) -> None:
+    # logging is imported only when something is worth saying: it costs milliseconds.
+    # Below WARNING, nothing can be listening before something has imported it.
+    if level < 30 and "logging" not in sys.modules:
+        return
+    import logging
+
+    logging.getLogger(LOGGER_NAME).log(level, message, *args)
+
+
+def error(err: int, path: str | None) -> OSError:
+    """The exception both cores raise for err on path (OSError picks the subclass)."""
+    return OSError(err, _MESSAGES.get(err) or os.strerror(err), path)
+
+
+def not_a_lock_file(path: str) -> OSError:
+    """For a FIFO, socket, device or directory found where a lock file should be."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = 0
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return OSError(errno.EINVAL, f"not a lock file: {kind} is there", path)
+
+
+def busy(polls: int, deadline: float, where: str) -> None:
+    """A wait with a deadline found the lock taken for the polls-th time: pause, or give up."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"timed out waiting for the lock on {where}")
+    time.sleep(min(POLL_FIRST * (1 << min(polls, 16)), POLL_CAP, left))
+
+
+def lock_failed(err: int, failures: int, deadline: float | None, where: str) -> None:
+    """A lock call failed with EIO or ENOLCK for the failures-th time: pause, or give up.
+
+    Gives up (OSError, after a critical log line naming the likely cause) once the
+    policy's tries are spent, and with TimeoutError where the pause would pass the
+    deadline.
+    """
+    max_tries, backoff, max_backoff = policy
+    reason = os.strerror(err)
+    if failures >= max_tries:
+        log(
+            50,
+            "giving up on the lock of %s after %d tries: %s. %s",
+            where,
+            failures,
+            reason,
+            _GIVE_UP_HINTS.get(err, ""),
+        )
+        raise error(err, where)
+    pause = min(backoff * 2.0 ** min(failures - 1, 64), max_backoff)
+    log(
+        40,
+        "the lock of %s failed with %s (try %d of %d); retrying in %g s",
+        where,
+        reason,
+        failures,
+        max_tries,
+        pause,
+    )
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left < pause:
+            time.sleep(max(left, 0.0))
+            raise TimeoutError(f"timed out retrying the lock on {where} after {reason}")
+    time.sleep(pause)
+
+
+def vanished(err: int, tries: int, deadline: float | None, directory: str, path: str) -> None:
+    """A file in directory went away or clashed under us for the tries-th time.
+
+    On a shared filesystem another client changes the directory under our cache (ENOENT,
+    ESTALE, even EEXIST without O_EXCL): try again after a short pause.  A directory that
+    is gone (or was removed while still open as our working directory) is a
+    FileNotFoundError naming it at once; so is running out of tries or of time.
+    """
+    if err == errno.ENOENT:
+        try:
+            gone = os.stat(directory).st_nlink == 0
+        except OSError as missing:
+            raise error(missing.errno or err, directory) from None
+        if gone:
+            raise error(err, directory)
+    if tries >= VANISHED_TRIES or (deadline is not None and time.monotonic() >= deadline):
+        raise error(err, path)
+    if tries > 1:
+        time.sleep(min(POLL_FIRST * (1 << min(tries - 2, 16)), VANISHED_PAUSE_CAP))
+
+
+def lost(path: str, replaced: bool) -> None:
+    """Our lock file was removed or replaced by someone outside the protocol while held."""
+    log(
+        40,
+        "lock file %s was %s while its lock was held (by pid %d): "
+        "something outside the locking protocol touched it",
+        path,
+        "replaced" if replaced else "removed",
+        os.getpid(),
+    )
+
+
+def kept(path: str, err: int) -> None:
+    """Our lock file could not be unlinked (another user's, in a sticky directory)."""
+    log(10, "left %s in place: %s (the lock itself was released)", path, os.strerror(err))
