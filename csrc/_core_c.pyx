@@ -10,8 +10,9 @@ gives KeyboardInterrupt promptly.  Every failure is handed to toil_threading._re
 the pure core does.
 """
 
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcpy, strrchr
 from os import urandom
+from sys import getfilesystemencodeerrors, getfilesystemencoding
 
 from toil_threading import _retry
 from toil_threading import _protocol as protocol
@@ -188,9 +189,35 @@ cdef inline bint vanished(int err) noexcept nogil:
     return err == ENOENT or err == ESTALE
 
 
-cdef bytes encoded(str path):
-    """path in the file-system encoding, refusing an embedded NUL as os.open does."""
-    cdef bytes data = PyUnicode_EncodeFSDefault(path)
+# Where the file-system encoding is UTF-8 (nearly everywhere), a str's cached UTF-8 form
+# is its encoding: no work at all for most paths.
+cdef bint UTF8_PATHS = (
+    getfilesystemencoding() == "utf-8" and getfilesystemencodeerrors() == "surrogateescape"
+)
+
+
+cdef bytes encoded(str path, str name=None):
+    """path (joined with "/" and name, if given) in the file-system encoding, refusing an
+    embedded NUL as os.open does."""
+    cdef Py_ssize_t path_size = 0, name_size = 0
+    cdef const char *path_text
+    cdef const char *name_text = NULL
+    cdef bytes data
+    cdef char *out
+    try:
+        if not UTF8_PATHS:
+            raise UnicodeEncodeError("utf-8", "", 0, 0, "not the file-system encoding")
+        path_text = PyUnicode_AsUTF8AndSize(path, &path_size)
+        if name is not None:
+            name_text = PyUnicode_AsUTF8AndSize(name, &name_size)
+        data = PyBytes_FromStringAndSize(NULL, path_size + (name_size + 1 if name_text else 0))
+        out = PyBytes_AS_STRING(data)
+        memcpy(out, path_text, path_size)
+        if name_text:
+            out[path_size] = b"/"
+            memcpy(out + path_size + 1, name_text, name_size)
+    except UnicodeEncodeError:  # lone surrogates (undecodable bytes), or another encoding
+        data = PyUnicode_EncodeFSDefault(path if name is None else f"{path}/{name}")
     if memchr(<const char *>data, 0, len(data)) != NULL:
         raise ValueError(f"embedded null byte in path {path!r}")
     return data
@@ -512,7 +539,7 @@ cdef class HeldMutex:
     def __init__(self, str base_dir, str filename, object timeout):
         self.base_dir, self.filename, self.timeout = base_dir, filename, timeout
         self.path = f"{base_dir}/{filename}"
-        self.name = encoded(self.path)
+        self.name = encoded(base_dir, filename)
 
     def __enter__(self):
         cdef int fd, strategy = 0, stale = 0
@@ -608,14 +635,18 @@ cdef tuple claim_at(int dir_fd, str directory):
     cdef int fd, err, strategy, stale = 0
     cdef bytes name
     cdef const char *c_name
+    cdef stat info
+    cdef bint quick
     for _ in range(CLAIM_TRIES):
         base = fresh_name()
-        path = f"{directory}/{base}"
-        name = encoded(path if dir_fd == AT_FDCWD else base)
+        name = encoded(directory, base) if dir_fd == AT_FDCWD else encoded(base)
         c_name = name
         with nogil:
             fd = openat(dir_fd, c_name, CLAIM, NAME_FILE_MODE)
             err = errno
+            quick = fd >= 0 and quick_lock(fd, &info)
+        if quick:
+            return fd, base
         if fd < 0:
             if err == EEXIST:
                 continue
@@ -628,7 +659,7 @@ cdef tuple claim_at(int dir_fd, str directory):
             _retry.vanished(err, stale, None, directory, directory)
             continue
         try:
-            strategy = lock_new(fd, directory, name, path, dir_fd, False, None)
+            strategy = lock_new(fd, directory, name, f"{directory}/{base}", dir_fd, False, None)
         except BaseException:
             close(fd)
             raise
@@ -681,12 +712,39 @@ cdef int strategy_of_open(int fd, str directory) except -2:
 
 
 def release(int fd, str directory, str name):
-    path = f"{directory}/{name}"
     cdef int strategy = 0
     try:
         strategy = strategy_of_open(fd, directory)
     finally:
-        release_at(fd, AT_FDCWD, encoded(path), path, strategy)
+        release_at(fd, AT_FDCWD, encoded(directory, name), f"{directory}/{name}", strategy)
+
+
+cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state) noexcept nogil:
+    """The common probe, all without the GIL: a regular file on a local filesystem
+    already met, with one link.  False (having changed nothing) hands over to the general
+    path, which also words the errors."""
+    cdef stat info
+    cdef int fd = openat(dir_fd, name, PROBE)
+    cdef const char *base
+    if fd < 0:
+        return False
+    if c_fstat(fd, &info) != 0 or not S_ISREG(info.st_mode) or known_strategy(info.st_dev) != 0:
+        close(fd)
+        return False
+    if flock(fd, LOCK_SH | LOCK_NB) != 0:
+        state[0] = ALIVE if errno == EAGAIN else -1
+        close(fd)
+        return state[0] == ALIVE
+    base = strrchr(name, b"/")
+    if not (remove_dead and info.st_size == 0 and is_name(name if base == NULL else base + 1)):
+        state[0] = DEAD
+    elif info.st_nlink == 1 and unlinkat(dir_fd, name, 0) == 0:
+        state[0] = REMOVED
+    else:
+        state[0] = -1
+    flock(fd, LOCK_UN)
+    close(fd)
+    return state[0] >= 0
 
 
 cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_dead) except -1:
@@ -761,8 +819,15 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
 
 
 def probe(str directory, str name, bint remove_dead):
-    path = f"{directory}/{name}"
-    return probe_at(AT_FDCWD, encoded(path), path, directory, remove_dead)
+    cdef bytes path = encoded(directory, name)
+    cdef const char *c_path = path
+    cdef int state = ABSENT
+    cdef bint quick
+    with nogil:
+        quick = quick_probe(AT_FDCWD, c_path, remove_dead, &state)
+    if quick:
+        return state
+    return probe_at(AT_FDCWD, path, f"{directory}/{name}", directory, remove_dead)
 
 
 cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live):
@@ -770,7 +835,8 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
     cdef DIR *listing
     cdef dirent *entry
     cdef stat info
-    cdef int err, state, rc
+    cdef int err, state = ABSENT, rc
+    cdef bint quick
     cdef list found = []
     cdef bytes name
     listing = fdopendir(dir_fd)
@@ -799,7 +865,10 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
                     continue
             name = entry.d_name
             text = PyUnicode_DecodeFSDefaultAndSize(name, len(name))
-            state = probe_at(dir_fd, name, f"{directory}/{text}", directory, remove_dead)
+            with nogil:
+                quick = quick_probe(dir_fd, entry.d_name, remove_dead, &state)
+            if not quick:
+                state = probe_at(dir_fd, name, f"{directory}/{text}", directory, remove_dead)
             if state != ABSENT:
                 found.append((text, state))
             if stop_at_live and (state == ALIVE or state == DENIED):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import _checks, _impl, _retry
+from . import _checks, _impl, _names, _retry
 from ._cpu import (
     CpuCount,
     CpuLimit,
@@ -25,6 +25,12 @@ from ._cpu import (
     explain_cpu_count,
     parse_quota_cgroups1,
     parse_quota_cgroups2,
+)
+from ._names import (
+    collect_process_name_garbage,
+    current_process_name_for,
+    current_process_name_lock,
+    destroy_all_process_names,
 )
 from ._protocol import LOGGER_NAME, MUTEX_PREFIX
 
@@ -37,12 +43,6 @@ if TYPE_CHECKING:
     from ._checks import StrPath
     from ._exceptional import ExceptionalThread
     from ._filesystems import FilesystemReport
-    from ._names import (
-        collect_process_name_garbage,
-        current_process_name_for,
-        current_process_name_lock,
-        destroy_all_process_names,
-    )
 
     ACCELERATED: bool
     logger: logging.Logger
@@ -81,10 +81,6 @@ _LAZY = {
     "ExceptionalThread": "_exceptional",
     "LastProcessStandingArena": "_arena",
     "FilesystemReport": "_filesystems",
-    "collect_process_name_garbage": "_names",
-    "current_process_name_for": "_names",
-    "current_process_name_lock": "_names",
-    "destroy_all_process_names": "_names",
 }
 
 
@@ -283,9 +279,7 @@ def get_process_name(base_dir: StrPath) -> str:
     :param base_dir: Base directory to work in. Defines the shared namespace.
     :returns: the process's name there, the same on every call from this process.
     """
-    from ._names import get_process_name
-
-    return get_process_name(_checks.directory(base_dir))
+    return _names.get_process_name(_checks.directory(base_dir))
 
 
 def process_name_exists(base_dir: StrPath, name: str) -> bool:
@@ -296,6 +290,4 @@ def process_name_exists(base_dir: StrPath, name: str) -> bool:
     """
     base_dir = _checks.directory(base_dir)
     _checks.name(name, "process name", 0)
-    from ._names import process_name_exists
-
-    return process_name_exists(base_dir, name)
+    return _names.process_name_exists(base_dir, name)

@@ -53,9 +53,13 @@ def collect_process_name_garbage() -> None:
 
     Caller must hold current_process_name_lock.
     """
-    for base_dir, name in list(current_process_name_for.items()):
+    for base_dir in list(current_process_name_for):
         fd = _name_fds.get(base_dir, -1)
-        if fd < 0 or not _impl.core.same_file(fd, os.path.join(base_dir, name)):
+        try:
+            gone = fd < 0 or os.fstat(fd).st_nlink == 0
+        except OSError:  # ESTALE: gone on the server
+            gone = True
+        if gone:
             del current_process_name_for[base_dir]
             if _name_fds.pop(base_dir, -1) >= 0:
                 os.close(fd)
