@@ -137,8 +137,7 @@ cdef int ALIVE = protocol.ALIVE
 cdef int DEAD = protocol.DEAD
 cdef int REMOVED = protocol.REMOVED
 cdef int DENIED = protocol.DENIED
-cdef int CLAIM_TRIES = protocol.CLAIM_TRIES
-cdef int VANISHED_TRIES = protocol.VANISHED_TRIES
+cdef int WAIT_IN_KERNEL = _retry.WAIT
 cdef int NAME_LENGTH = protocol.NAME_LENGTH
 cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
 cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
@@ -179,10 +178,6 @@ cdef double monotonic() noexcept nogil:
     cdef timespec now
     clock_gettime(CLOCK_MONOTONIC, &now)
     return now.tv_sec + now.tv_nsec * 1e-9
-
-
-cdef inline bint busy(int err) noexcept nogil:
-    return err == EAGAIN or err == EACCES  # EWOULDBLOCK is EAGAIN
 
 
 cdef inline bint vanished(int err) noexcept nogil:
@@ -238,35 +233,23 @@ cdef int lock_call(int fd, How how, bint exclusive, bint wait) noexcept nogil:
 cdef int lock_fd(
     int fd, How how, bint exclusive, bint block, object deadline, str path
 ) except -1:
-    """Take a lock with the package's policy: HAD or WAITED once had.
-
-    A free lock is had at once.  A busy one is waited for (in the kernel, or polling
-    toward the deadline), or without block its errno (EAGAIN or EACCES) is returned.
-    EIO and ENOLCK are retried as the policy says; anything else raises.
-    """
-    cdef int err, failures = 0, polls = 0
+    """Take a lock with the package's policy (_retry.after_lock_call): HAD or WAITED once
+    had, or, without block, the errno saying it is busy."""
+    cdef int err, step
     cdef bint wait = False
-    where = path or f"fd {fd}"
+    cdef list counts = [0, 0]
     while True:
         with nogil:
             err = lock_call(fd, how, exclusive, wait)
         if err == 0:
-            return WAITED if wait or polls else HAD
+            return WAITED if wait or counts[1] else HAD
         if err == EINTR:
             check_signals()
-        elif busy(err):
-            if not block:
-                return err
-            if deadline is None:
-                wait = True  # free locks are had without blocking; a busy one: wait in the kernel
-            else:
-                polls += 1
-                _retry.busy(polls, deadline, where)
-        elif err == EIO or err == ENOLCK:
-            failures += 1
-            _retry.lock_failed(err, failures, deadline, where)
-        else:
-            raise _retry.error(err, path)
+            continue
+        step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
+        if step > 0:
+            return step
+        wait = wait or step == WAIT_IN_KERNEL
 
 
 cdef int let_go(int fd, int strategy) noexcept nogil:
@@ -631,13 +614,16 @@ cdef bint is_name(const char *name) noexcept nogil:
 
 
 cdef tuple claim_at(int dir_fd, str directory):
-    """Create and lock a fresh name file in directory (relative to dir_fd if not AT_FDCWD)."""
-    cdef int fd, err, strategy, stale = 0
+    """Create and lock a fresh name file in directory (relative to dir_fd if not AT_FDCWD).
+
+    A name taken already (EEXIST), a file gone under a stale cache, or one a poller is
+    looking at: try another name, pausing from the second miss on, within bounds."""
+    cdef int fd, err, strategy, misses = 0
     cdef bytes name
     cdef const char *c_name
     cdef stat info
     cdef bint quick
-    for _ in range(CLAIM_TRIES):
+    while True:
         base = fresh_name()
         name = encoded(directory, base) if dir_fd == AT_FDCWD else encoded(base)
         c_name = name
@@ -648,28 +634,23 @@ cdef tuple claim_at(int dir_fd, str directory):
         if quick:
             return fd, base
         if fd < 0:
-            if err == EEXIST:
-                continue
             if err == EINTR:
                 check_signals()
                 continue
-            if not vanished(err):
+            if err != EEXIST and not vanished(err):
                 raise _retry.error(err, directory)
-            stale += 1
-            _retry.vanished(err, stale, None, directory, directory)
-            continue
-        try:
-            strategy = lock_new(fd, directory, name, f"{directory}/{base}", dir_fd, False, None)
-        except BaseException:
+        else:
+            try:
+                strategy = lock_new(fd, directory, name, f"{directory}/{base}", dir_fd, False, None)
+            except BaseException:
+                close(fd)
+                raise
+            if strategy >= 0:
+                return fd, base
             close(fd)
-            raise
-        if strategy >= 0:
-            return fd, base
-        close(fd)  # a poller took it for a dead one's (it will remove it), or it is stale
-        if strategy == STALE:
-            stale += 1
-            _retry.vanished(ESTALE, stale, None, directory, directory)
-    raise FileExistsError(EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory)
+            err = ESTALE if strategy == STALE else EEXIST
+        misses += 1
+        _retry.vanished(err, misses, None, directory, directory)
 
 
 def claim_name(str directory):
@@ -683,7 +664,7 @@ cdef int open_directory(str directory) except -1:
     with nogil:
         fd = c_open(c_path, DIRECTORY)
     if fd < 0:
-        raise _retry.error(errno, directory)
+        raise _retry.directory_error(errno, directory)
     return fd
 
 
@@ -758,7 +739,8 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
     cdef Sameness sameness
     cdef const char *c_name = name
     cdef bytes base
-    for _ in range(VANISHED_TRIES):
+    cdef int replaced = 0
+    while True:
         with nogil:
             fd = openat(dir_fd, c_name, PROBE)
             err = errno
@@ -815,7 +797,8 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
             if failure:
                 raise _retry.error(failure, shown)
         # A new file took the name between our open and our check: look at that one.
-    return ABSENT
+        replaced += 1
+        _retry.vanished(ESTALE, replaced, None, directory, shown)
 
 
 def probe(str directory, str name, bint remove_dead):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -85,6 +86,20 @@ def python_with_core(
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="needs Linux (/proc and friends)"
 )
+
+
+def blocked_waiters() -> set[int]:
+    """PIDs waiting for a lock, from /proc/locks ("1: -> FLOCK ..." lines)."""
+    with open("/proc/locks") as locks:
+        return {int(line.split()[5]) for line in locks if line.split()[1] == "->"}
+
+
+def wait_until_blocked(pid: int, timeout: float = 30.0) -> None:
+    """Wait until process pid waits in the kernel for a lock (its "->" line in /proc/locks)."""
+    deadline = time.monotonic() + timeout
+    while pid not in blocked_waiters():
+        assert time.monotonic() < deadline, f"process {pid} never blocked on a lock"
+        time.sleep(0.01)
 
 
 def current_umask() -> int:

@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import linux_only, python_with_core
+from conftest import blocked_waiters, linux_only, python_with_core, wait_until_blocked
 
 import toil_threading
 from toil_threading import _cli
@@ -181,12 +180,6 @@ def test_live_and_dead_members_and_names(core: str, lock_dir: Path) -> None:
         let_go(live)
 
 
-def blocked_waiters() -> set[int]:
-    """PIDs waiting for a lock, from /proc/locks ("1: -> FLOCK ..." lines)."""
-    with open("/proc/locks") as locks:
-        return {int(line.split()[5]) for line in locks if line.split()[1] == "->"}
-
-
 def test_inspecting_does_not_disturb_a_waiter(core: str, shm_dir: Path) -> None:
     holder, _, _ = start_holder(core, shm_dir, "jobs")
     waiter = python_with_core(
@@ -197,10 +190,7 @@ def test_inspecting_does_not_disturb_a_waiter(core: str, shm_dir: Path) -> None:
         stdout=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while waiter.pid not in blocked_waiters():
-            assert time.monotonic() < deadline, "the waiter never blocked on the mutex"
-            time.sleep(0.01)
+        wait_until_blocked(waiter.pid)
         for flags in ((), ("--clean",)):
             status, report = inspect_json(core, shm_dir, *flags)
             assert status == 1
@@ -217,8 +207,8 @@ def test_inspecting_does_not_disturb_a_waiter(core: str, shm_dir: Path) -> None:
         waiter.wait()
 
 
-def test_empty_directory(shm_dir: Path) -> None:
-    done = run_cli("compiled", "inspect", shm_dir)
+def test_empty_directory(core: str, shm_dir: Path) -> None:
+    done = run_cli(core, "inspect", shm_dir)
     assert (done.returncode, done.stdout) == (
         0,
         f"{shm_dir}: no mutexes, arenas or process names\n",
@@ -233,18 +223,18 @@ def test_runs_on_the_chosen_core(core: str) -> None:
     )
 
 
-def test_cpus() -> None:
+def test_cpus(core: str) -> None:
     expected = toil_threading.cpu_count()
-    plain = run_cli("compiled", "cpus")
+    plain = run_cli(core, "cpus")
     assert (plain.returncode, plain.stdout) == (0, f"{expected}\n")
 
-    explained = run_cli("compiled", "cpus", "--explain")
+    explained = run_cli(core, "cpus", "--explain")
     lines = explained.stdout.splitlines()
     assert lines[0].startswith(f"cpu_count: {expected} ")
     sources = [line.split()[0] for line in lines[2:]]
     assert sources[:2] == ["machine", "affinity"]
 
-    report = json.loads(run_cli("compiled", "cpus", "--json").stdout)
+    report = json.loads(run_cli(core, "cpus", "--json").stdout)
     assert report["cpus"] == expected
     assert [limit["source"] for limit in report["limits"]][:2] == ["machine", "affinity"]
 
@@ -294,7 +284,7 @@ def test_fs_refuses_ceph(
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "unreadable"])
-def test_errors_are_one_line(case: str, tmp_path: Path) -> None:
+def test_errors_are_one_line(core: str, case: str, tmp_path: Path) -> None:
     target = tmp_path / case
     expected = {
         "missing": "No such file or directory",
@@ -313,19 +303,17 @@ def test_errors_are_one_line(case: str, tmp_path: Path) -> None:
             if setpriv is None:
                 pytest.skip("running as root and setpriv(1) is missing: cannot deny a read")
             wrapper = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
-    done = run_cli("compiled", "inspect", target, wrapper=wrapper)
+    done = run_cli(core, "inspect", target, wrapper=wrapper)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"toil-threading: error: {target}: {expected[case]}\n"
 
 
-def test_console_script_and_help() -> None:
+def test_console_script_and_help(core: str) -> None:
     script = Path(sys.executable).parent / "toil-threading"
     assert script.exists(), "the toil-threading console script is not installed beside this Python"
-    done = run_cli("compiled", "--help", command=[str(script)])
+    done = run_cli(core, "--help", command=[str(script)])
     assert done.returncode == 0
     assert done.stdout.startswith("usage: toil-threading ")
     for part in ("inspect", "cpus", "fs", "examples:", "exit status:"):
         assert part in done.stdout
-    assert run_cli("compiled", "fs", "/", command=[str(script)]).stdout.startswith(
-        "path          /\n"
-    )
+    assert run_cli(core, "fs", "/", command=[str(script)]).stdout.startswith("path          /\n")

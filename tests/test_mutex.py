@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_locked_elsewhere, fds_open_on, linux_only, python_with_core
+from conftest import (
+    assert_locked_elsewhere,
+    fds_open_on,
+    linux_only,
+    open_fds,
+    python_with_core,
+    wait_until_blocked,
+)
 
 import toil_threading
 
@@ -119,17 +126,21 @@ def test_waiter_gets_the_mutex_after_a_normal_release(core: str, shm_dir: Path) 
         holder.join(30)
 
 
-def test_timeout_expires_and_leaks_nothing(core: str, shm_dir: Path, no_fd_leak: None) -> None:
+def test_timeout_expires_and_leaks_nothing(core: str, shm_dir: Path) -> None:
     with toil_threading.global_mutex(shm_dir, "busy"):
-        # The holder is this process; another open file description still contends.
+        # The holder is this process; another open file description still contends.  The
+        # child that times out counts its own descriptors.
         pid = os.fork()
         if pid == 0:
+            before = open_fds()
             started = time.monotonic()
             try:
                 with toil_threading.global_mutex(shm_dir, "busy", timeout=0.3):
                     os._exit(2)
             except TimeoutError:
                 waited = time.monotonic() - started
+                if open_fds() != before:
+                    os._exit(5)
                 os._exit(0 if 0.29 <= waited < 0.35 + 0.5 else 3)
             os._exit(4)
         _, status = os.waitpid(pid, 0)
@@ -312,6 +323,7 @@ def test_ensure_filesystem_lockable_missing_path(core: str, tmp_path: Path) -> N
         toil_threading.ensure_filesystem_lockable(tmp_path / "missing")
 
 
+@linux_only
 def test_ctrl_c_interrupts_a_blocked_wait_promptly(core: str, shm_dir: Path) -> None:
     with toil_threading.global_mutex(shm_dir, "m"):
         child = python_with_core(
@@ -328,7 +340,7 @@ def test_ctrl_c_interrupts_a_blocked_wait_promptly(core: str, shm_dir: Path) -> 
         try:
             assert child.stdout is not None
             assert child.stdout.readline().strip() == "waiting"
-            time.sleep(0.3)
+            wait_until_blocked(child.pid)  # in the kernel's wait, not before it
             sent = time.monotonic()
             child.send_signal(signal.SIGINT)
             out, _ = child.communicate(timeout=10)

@@ -20,7 +20,6 @@ from . import _retry
 from ._protocol import (
     ABSENT,
     ALIVE,
-    CLAIM_TRIES,
     DEAD,
     DENIED,
     MEMBERS_DIRECTORY_MODE,
@@ -32,15 +31,12 @@ from ._protocol import (
     RECORD_LOCK,
     REMOVED,
     SHARED,
-    VANISHED_TRIES,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_BUSY = (errno.EAGAIN, errno.EACCES)  # EWOULDBLOCK is EAGAIN
-_RETRIED = (errno.EIO, errno.ENOLCK)
 _VANISHED = (errno.ENOENT, errno.ESTALE)
 _REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
 _COMMON = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -100,32 +96,18 @@ def _lock_call(fd: int, how: int, exclusive: bool, wait: bool) -> int:
 def _lock(
     fd: int, how: int, exclusive: bool, block: bool, deadline: float | None, path: str | None
 ) -> int:
-    """Take a lock with the package's policy: _HAD or _WAITED once had.
-
-    A free lock is had at once.  A busy one is waited for (in the kernel, or polling
-    toward the deadline), or without block its errno (EAGAIN or EACCES) is returned.
-    EIO and ENOLCK are retried as the policy says; anything else raises.
-    """
-    where = path or f"fd {fd}"
-    failures = polls = 0
+    """Take a lock with the package's policy (_retry.after_lock_call): _HAD or _WAITED once
+    had, or, without block, the errno saying it is busy."""
+    counts = [0, 0]
     wait = False
     while True:
         err = _lock_call(fd, how, exclusive, wait)
         if err == 0:
-            return _WAITED if wait or polls else _HAD
-        if err in _BUSY:
-            if not block:
-                return err
-            if deadline is None:
-                wait = True  # free locks are had without blocking; a busy one: wait in the kernel
-            else:
-                polls += 1
-                _retry.busy(polls, deadline, where)
-        elif err in _RETRIED:
-            failures += 1
-            _retry.lock_failed(err, failures, deadline, where)
-        else:
-            raise _retry.error(err, path)
+            return _WAITED if wait or counts[1] else _HAD
+        step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
+        if step > 0:
+            return step
+        wait = wait or step == _retry.WAIT
 
 
 def _locked_elsewhere(fd: int) -> bool:
@@ -146,7 +128,7 @@ def _unlock_and_close(fd: int, strategy: int) -> None:
     except OSError as error:
         failure = error.errno or errno.EIO
     failure = failure or _close(fd)
-    if failure and failure not in (*_RETRIED, errno.ESTALE):
+    if failure and failure not in (errno.EIO, errno.ENOLCK, errno.ESTALE):
         raise _retry.error(failure, None)
 
 
@@ -325,20 +307,27 @@ def _lock_new(
     return _LOST if had == _WAITED else _STALE
 
 
+def _unlink(dir_fd: int | None, name: str) -> int:
+    """Unlink name: 0 when done; the errno when refused (EPERM, EACCES: another user's
+    file in a sticky directory) or when it is gone already (ENOENT, ESTALE)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno in (*_REFUSED_UNLINK, *_VANISHED):
+            return error.errno
+        raise
+    return 0
+
+
 def _release_at(fd: int, dir_fd: int | None, name: str, shown: str, strategy: int) -> None:
     """Unlink the lock file if it is still ours, then let go of it (always)."""
     try:
         sameness = _sameness(fd, dir_fd, name, strategy)
-        if sameness == _SAME:
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except OSError as error:
-                if error.errno in _REFUSED_UNLINK:
-                    _retry.kept(shown, error.errno)
-                elif error.errno in _VANISHED:
-                    sameness = _GONE
-                else:
-                    raise
+        refused = _unlink(dir_fd, name) if sameness == _SAME else 0
+        if refused in _REFUSED_UNLINK:
+            _retry.kept(shown, refused)
+        elif refused:
+            sameness = _GONE
         if sameness != _SAME:
             _retry.lost(shown, sameness == _REPLACED)
     finally:
@@ -421,42 +410,39 @@ def _is_name(name: str) -> bool:
     return (
         len(name) == len(NAME_PREFIX) + NAME_LENGTH
         and name.startswith(NAME_PREFIX)
-        and all(character in NAME_CHARACTERS for character in name[len(NAME_PREFIX) :])
+        and not name[len(NAME_PREFIX) :].strip(NAME_CHARACTERS)
     )
 
 
 def _claim_at(dir_fd: int | None, directory: str) -> tuple[int, str]:
-    """Create and lock a fresh name file in directory (relative to dir_fd if given)."""
-    stale = 0
-    for _ in range(CLAIM_TRIES):
+    """Create and lock a fresh name file in directory (relative to dir_fd if given).
+
+    A name taken already (EEXIST), a file gone under a stale cache, or one a poller is
+    looking at: try another name, pausing from the second miss on, within bounds."""
+    misses = 0
+    while True:
         name = _fresh_name()
         path = f"{directory}/{name}"
         try:
             fd = os.open(path if dir_fd is None else name, _CLAIM, NAME_FILE_MODE, dir_fd=dir_fd)
         except OSError as error:
-            if error.errno == errno.EEXIST:
-                continue
-            if error.errno not in _VANISHED:
-                raise _retry.error(error.errno or errno.EIO, directory) from None
-            stale += 1
-            _retry.vanished(error.errno, stale, None, directory, directory)
-            continue
-        try:
-            strategy = _lock_new(
-                fd, directory, path if dir_fd is None else name, dir_fd, False, None
-            )
-        except BaseException:
+            err = error.errno or errno.EIO
+            if err != errno.EEXIST and err not in _VANISHED:
+                raise _retry.error(err, directory) from None
+        else:
+            try:
+                strategy = _lock_new(
+                    fd, directory, path if dir_fd is None else name, dir_fd, False, None
+                )
+            except BaseException:
+                _close(fd)
+                raise
+            if strategy >= 0:
+                return fd, name
             _close(fd)
-            raise
-        if strategy >= 0:
-            return fd, name
-        _close(fd)  # a poller took it for a dead one's (it will remove it), or it is stale
-        if strategy == _STALE:
-            stale += 1
-            _retry.vanished(errno.ESTALE, stale, None, directory, directory)
-    raise FileExistsError(
-        errno.EEXIST, f"no free name for a new file after {CLAIM_TRIES} tries", directory
-    )
+            err = errno.ESTALE if strategy == _STALE else errno.EEXIST
+        misses += 1
+        _retry.vanished(err, misses, None, directory, directory)
 
 
 def claim_name(directory: str) -> tuple[int, str]:
@@ -467,7 +453,7 @@ def _open_directory(directory: str) -> int:
     try:
         return os.open(directory, _DIRECTORY)
     except OSError as error:
-        raise _retry.error(error.errno or errno.EIO, directory) from None
+        raise _retry.directory_error(error.errno or errno.EIO, directory) from None
 
 
 def claim_member(directory: str) -> tuple[int, str]:
@@ -499,7 +485,8 @@ def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_
 
     Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
     unlocked empty file named like ours is removed, while it is still the one found."""
-    for _ in range(VANISHED_TRIES):
+    replaced = 0
+    while True:
         try:
             fd = os.open(name, _PROBE, dir_fd=dir_fd)
         except OSError as error:
@@ -527,20 +514,14 @@ def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_
                 return DEAD
             sameness = _sameness(fd, dir_fd, name, strategy)
             if sameness == _SAME:
-                try:
-                    os.unlink(name, dir_fd=dir_fd)
-                except OSError as error:
-                    if error.errno in _REFUSED_UNLINK:
-                        return DEAD
-                    if error.errno not in _VANISHED:
-                        raise
-                return REMOVED
+                return DEAD if _unlink(dir_fd, name) in _REFUSED_UNLINK else REMOVED
             if sameness == _GONE:
                 return ABSENT
         finally:
             _unlock_and_close(fd, strategy)
         # A new file took the name between our open and our check: look at that one.
-    return ABSENT
+        replaced += 1
+        _retry.vanished(errno.ESTALE, replaced, None, directory, shown)
 
 
 def probe(directory: str, name: str, remove_dead: bool) -> int:
@@ -573,10 +554,10 @@ def scan(directory: str, remove_dead: bool) -> list[tuple[str, int]]:
 
 def leave_arena(fd: int, directory: str, name: str) -> tuple[str, int] | None:
     try:
-        dir_fd = os.open(directory, _DIRECTORY)
-    except OSError as error:
+        dir_fd = _open_directory(directory)
+    except BaseException:
         _close(fd)
-        raise _retry.error(error.errno or errno.EIO, directory) from None
+        raise
     try:
         strategy = 0
         try:

@@ -55,8 +55,6 @@ POLL_CAP = 0.01
 # VANISHED_PAUSE_CAP: about 10 s in all, longer than a client's entry cache lives.
 VANISHED_TRIES = 200
 VANISHED_PAUSE_CAP = 0.05
-# Fresh names tried for a new name or member file before giving up (tempfile's TMP_MAX).
-CLAIM_TRIES = 10000
 
 # Verdicts on a kind of lock (flock, or POSIX record locks) on one filesystem.
 LOCAL = "local"  # a filesystem of this machine only

@@ -70,6 +70,46 @@ def not_a_lock_file(path: str) -> OSError:
     return OSError(errno.EINVAL, f"not a lock file: {kind} is there", path)
 
 
+def directory_error(err: int, directory: str) -> OSError:
+    """The error for a directory we may not open; a symbolic link there (refused with
+    ENOTDIR or ELOOP) is named as one."""
+    if err in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(directory):
+        err = errno.ELOOP
+    return error(err, directory)
+
+
+# What a core does after a failed lock call (see after_lock_call).
+WAIT = -1  # the lock is busy: wait for it in the kernel now
+AGAIN = 0  # try again (after the pause, if one was due)
+
+
+def after_lock_call(
+    err: int, block: bool, deadline: float | None, path: str | None, fd: int, counts: list[int]
+) -> int:
+    """A core's lock call on fd failed with err (EINTR aside): what now?
+
+    counts is the caller's [failures, polls] for this lock, kept up to date here.  Returns
+    WAIT (busy, and blocking with no deadline), AGAIN (after polling toward the deadline,
+    or after an EIO/ENOLCK back-off), or err itself (busy, and the caller would not wait).
+    Raises OSError for any other error and once the EIO/ENOLCK tries are spent, and
+    TimeoutError at the deadline.
+    """
+    where = path or f"fd {fd}"
+    if err in (errno.EAGAIN, errno.EACCES):  # busy (EWOULDBLOCK is EAGAIN)
+        if not block:
+            return err
+        if deadline is None:
+            return WAIT
+        counts[1] += 1
+        busy(counts[1], deadline, where)
+        return AGAIN
+    if err in (errno.EIO, errno.ENOLCK):
+        counts[0] += 1
+        lock_failed(err, counts[0], deadline, where)
+        return AGAIN
+    raise error(err, path)
+
+
 def busy(polls: int, deadline: float, where: str) -> None:
     """A wait with a deadline found the lock taken for the polls-th time: pause, or give up."""
     left = deadline - time.monotonic()
