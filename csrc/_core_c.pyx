@@ -381,6 +381,9 @@ def same_file(int fd, str path):
     cdef const char *c_name = name
     cdef int err = 0
     cdef Sameness sameness
+    cdef stat info
+    if c_fstat(fd, &info) != 0:  # the descriptor is at fault, not the path
+        raise _retry.error(errno, None)
     with nogil:
         sameness = compare(fd, AT_FDCWD, c_name, SHARED, &err)
     if err:

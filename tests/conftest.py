@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -190,3 +191,34 @@ def run_toil(toil_python: str, code: str, **popen: object) -> subprocess.Popen[s
         text=True,
         **popen,
     )
+
+
+FAULT_INJECTION_SOURCE = Path(__file__).with_name("faultinject.c")
+
+
+@pytest.fixture(scope="session")
+def faultlib(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Path of libfaultinject.so, compiled from faultinject.c with the system compiler."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        skip_or_fail("no C compiler (cc) to build the fault-injection library")
+    out_dir = tmp_path_factory.mktemp("faultinject")
+    library = out_dir / "libfaultinject.so"
+    build = subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-o",
+            str(library),
+            str(FAULT_INJECTION_SOURCE),
+            "-ldl",
+        ],
+        cwd=out_dir,
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"building {FAULT_INJECTION_SOURCE.name} failed:\n{build.stdout}{build.stderr}")
+    return str(library)

@@ -4,86 +4,66 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import multiprocessing
 import os
-import random
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from conftest import current_umask, python_with_core, run_toil
+from conftest import current_umask, python_with_core
+from workers import ARENA_MEMBER, HAMMER, expect_line, kill_all, report, start
 
 import toil_threading
 
-fork = multiprocessing.get_context("fork")
+
+@pytest.mark.parametrize("members,rounds", [(8, 40)])
+def test_last_process_standing_cleans_up_everyones_files(
+    core: str, lock_dir: Path, members: int, rounds: int
+) -> None:
+    workers = [
+        start(ARENA_MEMBER, lock_dir, f"m{index}", rounds, core=core) for index in range(members)
+    ]
+    assert_cleaned_up(lock_dir, workers)
 
 
-def arena_task(base_dir: str, task: int) -> bool:
-    """Toil's scenario: enter, leave a file, check it is untouched, leave; last one cleans."""
-    arena = toil_threading.LastProcessStandingArena(base_dir, "work")
-    stuff = os.path.join(base_dir, "stuff")
-    arena.enter()
+def assert_cleaned_up(base_dir: Path, members: list[subprocess.Popen[str]]) -> None:
+    """Let the members finish: none found its files touched, and the last one out cleaned up
+    everything (its files, the members' files, the directory, the mutex)."""
     try:
-        os.makedirs(stuff, exist_ok=True)
-        mine = os.path.join(stuff, f"task-{task}")
-        with open(mine, "w") as handle:
-            handle.write(str(task))
-        time.sleep(random.uniform(0.001, 0.01))
-        with open(mine) as handle:
-            untouched = handle.read() == str(task)
+        reports = [report(member) for member in members]
     finally:
-        for _ in arena.leave():
-            for name in os.listdir(stuff):
-                os.unlink(os.path.join(stuff, name))
-    return untouched
+        kill_all(members)
+    assert all(each["intact"] for each in reports), "a live member's file was removed"
+    assert sum(each["cleanups"] for each in reports) >= 1
+    assert os.listdir(base_dir / "stuff") == []
+    assert sorted(os.listdir(base_dir)) == ["stuff"], "members or mutex left behind"
 
 
-def test_last_process_standing_cleans_up_everyones_files(core: str, lock_dir: Path) -> None:
-    with fork.Pool(8) as pool:
-        for _ in range(10):
-            results = pool.starmap(arena_task, [(str(lock_dir), task) for task in range(100)])
-            assert results == [True] * 100
-            assert os.listdir(lock_dir / "stuff") == []
-            assert sorted(os.listdir(lock_dir)) == ["stuff"], "members or mutex left behind"
-
-
-def enter_and_wait(base_dir: str, ready: multiprocessing.synchronize.Event) -> None:
-    arena = toil_threading.LastProcessStandingArena(base_dir, "work")
-    arena.enter()
-    ready.set()
-    time.sleep(600)
+def enter_and_stay(core: str, base_dir: Path) -> subprocess.Popen[str]:
+    """A member of the arena "pool" that stays inside until killed."""
+    member = start(ARENA_MEMBER, base_dir, "stays", 1, "WAIT", core=core)
+    expect_line(member, "entered")
+    return member
 
 
 def test_sigkilled_members_do_not_stop_the_cleanup(core: str, lock_dir: Path) -> None:
-    doomed = []
-    for _ in range(3):
-        ready = fork.Event()
-        member = fork.Process(target=enter_and_wait, args=(str(lock_dir), ready))
-        member.start()
-        assert ready.wait(30)
-        doomed.append(member)
-    members_dir = lock_dir / "work-arena-members"
-    dead_files = set(os.listdir(members_dir))
-    assert len(dead_files) == 3
-    survivors = [toil_threading.LastProcessStandingArena(lock_dir, "work") for _ in range(2)]
+    doomed = [enter_and_stay(core, lock_dir) for _ in range(3)]
+    members_dir = lock_dir / "pool-arena-members"
+    assert len(os.listdir(members_dir)) == 3
+    survivors = [toil_threading.LastProcessStandingArena(lock_dir, "pool") for _ in range(2)]
     for survivor in survivors:
         survivor.enter()
-    for member in doomed:
-        os.kill(member.pid, signal.SIGKILL)
-        member.join()
+    kill_all(doomed)
     cleanups = [sum(1 for _ in survivor.leave()) for survivor in survivors]
     assert cleanups == [0, 1]
     assert not members_dir.exists(), "dead members' files or the directory were left"
-    assert os.listdir(lock_dir) == []
+    assert sorted(os.listdir(lock_dir)) == ["stuff"]
 
 
 def test_body_runs_under_the_arena_mutex(core: str, shm_dir: Path) -> None:
-    arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
     arena.enter()
     for _ in arena.leave():
-        fd = os.open(shm_dir / "toil-mutex-work-arena-lock", os.O_RDONLY)
+        fd = os.open(shm_dir / "toil-mutex-pool-arena-lock", os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,7 +72,7 @@ def test_body_runs_under_the_arena_mutex(core: str, shm_dir: Path) -> None:
         newcomer = python_with_core(
             core,
             "import toil_threading\n"
-            f"arena = toil_threading.LastProcessStandingArena({str(shm_dir)!r}, 'work')\n"
+            f"arena = toil_threading.LastProcessStandingArena({str(shm_dir)!r}, 'pool')\n"
             "try:\n"
             "    arena.enter(timeout=0.2)\n"
             "except TimeoutError:\n"
@@ -104,40 +84,36 @@ def test_body_runs_under_the_arena_mutex(core: str, shm_dir: Path) -> None:
 
 
 def test_member_file_layout(core: str, shm_dir: Path) -> None:
-    arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
     arena.enter()
     try:
-        members = os.listdir(shm_dir / "work-arena-members")
+        members = os.listdir(shm_dir / "pool-arena-members")
         assert members == [arena.lockfileName]
         assert arena.lockfileName is not None and arena.lockfileName.startswith("tmp")
         assert len(arena.lockfileName) == 11
-        info = os.stat(shm_dir / "work-arena-members" / members[0])
+        info = os.stat(shm_dir / "pool-arena-members" / members[0])
         # Readable by others, so another user's probe can lock it; writable by its owner only.
         assert info.st_mode & 0o777 == 0o644 & ~current_umask()
-        assert not (shm_dir / "toil-mutex-work-arena-lock").exists()
+        assert not (shm_dir / "toil-mutex-pool-arena-lock").exists()
     finally:
         assert list(arena.leave()) == [True]
 
 
 def test_descriptors_steady_with_a_live_member(core: str, shm_dir: Path, no_fd_leak: None) -> None:
-    ready = fork.Event()
-    other = fork.Process(target=enter_and_wait, args=(str(shm_dir), ready))
-    other.start()
+    other = enter_and_stay(core, shm_dir)
     try:
-        assert ready.wait(30)
-        arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
+        arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
         for _ in range(100):
             arena.enter()
             assert list(arena.leave()) == []
     finally:
-        other.kill()
-        other.join()
+        kill_all([other])
 
 
 def test_enter_twice_and_leave_unentered_are_refused(
     core: str, shm_dir: Path, no_fd_leak: None
 ) -> None:
-    arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
     with pytest.raises(RuntimeError):
         list(arena.leave())
     arena.enter()
@@ -157,8 +133,8 @@ def test_bad_arena_names_create_nothing(core: str, shm_dir: Path, name: str) -> 
 
 
 def test_enter_timeout(core: str, shm_dir: Path, no_fd_leak: None) -> None:
-    arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
-    with toil_threading.global_mutex(shm_dir, "work-arena-lock"):
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
+    with toil_threading.global_mutex(shm_dir, "pool-arena-lock"):
         pid = os.fork()
         if pid == 0:
             try:
@@ -174,13 +150,13 @@ def test_enter_timeout(core: str, shm_dir: Path, no_fd_leak: None) -> None:
 def test_unremovable_members_dir_is_a_warning(
     core: str, shm_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    arena = toil_threading.LastProcessStandingArena(shm_dir, "work")
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
     arena.enter()
-    (shm_dir / "work-arena-members" / ".keep").touch()  # hidden: not a member, blocks rmdir
+    (shm_dir / "pool-arena-members" / ".keep").touch()  # hidden: not a member, blocks rmdir
     with caplog.at_level(logging.WARNING, logger="toil_threading"):
         assert list(arena.leave()) == [True]
     assert any("could not remove" in record.getMessage() for record in caplog.records)
-    assert os.listdir(shm_dir / "work-arena-members") == [".keep"]
+    assert os.listdir(shm_dir / "pool-arena-members") == [".keep"]
 
 
 def test_missing_base_dir_is_a_clear_error(core: str, tmp_path: Path, no_fd_leak: None) -> None:
@@ -190,74 +166,26 @@ def test_missing_base_dir_is_a_clear_error(core: str, tmp_path: Path, no_fd_leak
     assert arena.lockfileFD is None
 
 
-MIXED_MEMBER = """
-import os, random, sys, time, toil_threading
-base_dir, rounds = sys.argv[1], int(sys.argv[2])
-stuff = os.path.join(base_dir, "stuff")
-cleanups = 0
-for task in range(rounds):
-    arena = toil_threading.LastProcessStandingArena(base_dir, "mixed")
-    arena.enter()
-    os.makedirs(stuff, exist_ok=True)
-    mine = os.path.join(stuff, f"{os.getpid()}-{task}")
-    with open(mine, "w") as handle:
-        handle.write("x")
-    time.sleep(random.uniform(0.001, 0.005))
-    assert open(mine).read() == "x", "a live member's file was removed"
-    for _ in arena.leave():
-        cleanups += 1
-        for name in os.listdir(stuff):
-            os.unlink(os.path.join(stuff, name))
-print(cleanups)
-"""
-
-
 def test_mixed_with_toils_own_arena(core: str, shm_dir: Path, toil_python: str) -> None:
-    code = f"import sys\nsys.argv[1:] = {[str(shm_dir), '30']!r}\n" + MIXED_MEMBER
-    runners = [
-        run_toil(toil_python, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if index % 2
-        else python_with_core(core, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    members = [
+        start(ARENA_MEMBER, shm_dir, f"m{index}", 30, **which(core, toil_python, index))
         for index in range(6)
     ]
-    outputs = [runner.communicate(timeout=120) for runner in runners]
-    for runner, (_, err) in zip(runners, outputs, strict=True):
-        assert runner.returncode == 0, err
-    assert sum(int(out) for out, _ in outputs) >= 1
-    assert os.listdir(shm_dir / "stuff") == []
-    assert sorted(os.listdir(shm_dir)) == ["stuff"]
+    assert_cleaned_up(shm_dir, members)
 
 
 def test_mutex_exclusion_with_toils_own_mutex(core: str, shm_dir: Path, toil_python: str) -> None:
-    code = (
-        "import os, sys, toil_threading\n"
-        "base_dir = sys.argv[1]\n"
-        "violations = 0\n"
-        "for _ in range(200):\n"
-        "    with toil_threading.global_mutex(base_dir, 'mixed'):\n"
-        "        try:\n"
-        "            potato = os.path.join(base_dir, 'potato')\n"
-        "            fd = os.open(potato, os.O_CREAT | os.O_EXCL | os.O_WRONLY)\n"
-        "        except FileExistsError:\n"
-        "            violations += 1\n"
-        "            continue\n"
-        "        os.close(fd)\n"
-        "        os.unlink(os.path.join(base_dir, 'potato'))\n"
-        "print(violations)\n"
+    hammers = [start(HAMMER, shm_dir, 200, **which(core, toil_python, index)) for index in range(4)]
+    try:
+        reports = [report(hammer) for hammer in hammers]
+    finally:
+        kill_all(hammers)
+    assert [(each["violations"], each["exceptions"]) for each in reports] == [(0, {})] * 4, (
+        "mutual exclusion violated between Toil and this package"
     )
-    prefix = f"import sys\nsys.argv[1:] = [{str(shm_dir)!r}]\n"
-    runners = [
-        (
-            run_toil(toil_python, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            if index % 2
-            else python_with_core(
-                core, prefix + code, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        )
-        for index in range(4)
-    ]
-    outputs = [runner.communicate(timeout=300) for runner in runners]
-    for runner, (out, err) in zip(runners, outputs, strict=True):
-        assert runner.returncode == 0, err
-        assert out.strip() == "0", "mutual exclusion violated between Toil and this package"
     assert os.listdir(shm_dir) == []
+
+
+def which(core: str, toil_python: str, index: int) -> dict[str, str]:
+    """Every other worker runs Toil's own module, the others this package on core."""
+    return {"toil_python": toil_python} if index % 2 else {"core": core}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import blocked_waiters, linux_only, python_with_core, wait_until_blocked
+from workers import EVERY_KIND, said, start
 
 import toil_threading
 from toil_threading import _cli
@@ -63,19 +64,8 @@ def start_holder(core: str, directory: Path, mutex: str) -> tuple[subprocess.Pop
 
     It lets go when its stdin is closed.  Returns it, its member's file name and its name.
     """
-    child = python_with_core(
-        core,
-        "import sys, toil_threading as t\n"
-        f"with t.global_mutex({str(directory)!r}, {mutex!r}):\n"
-        f"    arena = t.LastProcessStandingArena({str(directory)!r}, 'pool')\n"
-        "    arena.enter()\n"
-        f"    print(arena.lockfileName, t.get_process_name({str(directory)!r}), flush=True)\n"
-        "    sys.stdin.readline()\n",
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert child.stdout is not None
-    member, name = child.stdout.readline().split()
+    child = start(EVERY_KIND, directory, mutex, core=core)
+    member, name = said(child).split()
     return child, member, name
 
 

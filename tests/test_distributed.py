@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import python_with_core
 from gluster import (
     CACHING_MODES,
     GlusterCluster,
@@ -29,6 +28,18 @@ from gluster import (
     cluster_for_session,
     fresh_shared_dir,
     volume_for_session,
+)
+from workers import (
+    ARENA_MEMBER,
+    HAMMER,
+    MUTEX_HOLDER,
+    NAME_OWNER,
+    expect_line,
+    kill_all,
+    report,
+    said,
+    say,
+    start,
 )
 
 import toil_threading
@@ -58,87 +69,6 @@ def shared_dir(request: pytest.FixtureRequest, gluster_volume: Volume) -> Iterat
     yield from fresh_shared_dir(gluster_volume, request.node.name)
 
 
-# Takes the mutex `rounds` times; inside, an exclusive create of the potato proves that
-# nobody else is inside.  Every exception is counted where it happened, never raised, so
-# one report shows all of them.
-MUTEX_WORKER = r"""
-import errno, json, os, sys, time, traceback, toil_threading
-base_dir, rounds = sys.argv[1], int(sys.argv[2])
-potato = os.path.join(base_dir, "potato")
-violations = acquired = 0
-exceptions = {}
-first = {}
-
-def note(where, error):
-    code = getattr(error, "errno", None)
-    key = f"{where}: {type(error).__name__}"
-    if code:
-        key += f" {errno.errorcode.get(code, code)}"
-    exceptions[key] = exceptions.get(key, 0) + 1
-    if key not in first:
-        frames = traceback.extract_tb(error.__traceback__)[1:][-3:]
-        where_ = " > ".join(f"{f.name} ({os.path.basename(f.filename)}:{f.lineno})" for f in frames)
-        first[key] = f"{error}; raised in {where_}"
-
-print("ready", flush=True)
-sys.stdin.readline()
-started = time.perf_counter()
-for _ in range(rounds):
-    hold = toil_threading.global_mutex(base_dir, "shared")
-    try:
-        hold.__enter__()
-    except Exception as error:
-        note("acquire", error)
-        continue
-    acquired += 1
-    try:
-        try:
-            fd = os.open(potato, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            violations += 1
-        else:
-            os.close(fd)
-            os.sched_yield()
-            os.unlink(potato)
-    except Exception as error:
-        note("inside", error)
-    finally:
-        try:
-            hold.__exit__(None, None, None)
-        except Exception as error:
-            note("release", error)
-seconds = time.perf_counter() - started
-print(json.dumps({"acquired": acquired, "violations": violations, "exceptions": exceptions,
-                  "first": first, "seconds": seconds}), flush=True)
-"""
-
-
-def start_worker(core: str, code: str, *args: object) -> subprocess.Popen[str]:
-    return python_with_core(
-        core,
-        "import sys\nsys.argv[1:] = " + repr([str(arg) for arg in args]) + "\n" + code,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def expect_line(worker: subprocess.Popen[str], wanted: str) -> None:
-    assert worker.stdout is not None
-    line = worker.stdout.readline().strip()
-    if line != wanted:
-        worker.kill()
-        _, err = worker.communicate()
-        raise AssertionError(f"worker said {line!r}, not {wanted!r}; stderr:\n{err}")
-
-
-def kill_all(workers: list[subprocess.Popen[str]]) -> None:
-    for worker in workers:
-        if worker.poll() is None:
-            worker.kill()
-        worker.communicate()
-
-
 def listing(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
@@ -160,7 +90,7 @@ def test_mutual_exclusion_across_two_clients(
     processes_per_mount, rounds = 2, 250
     placement = ["A", "B"] * processes_per_mount
     workers = [
-        start_worker(core, MUTEX_WORKER, shared_dir.a if mount == "A" else shared_dir.b, rounds)
+        start(HAMMER, shared_dir.a if mount == "A" else shared_dir.b, rounds, "GO", core=core)
         for mount in placement
     ]
     try:
@@ -168,9 +98,7 @@ def test_mutual_exclusion_across_two_clients(
             expect_line(worker, "ready")
         started = time.perf_counter()
         for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
+            say(worker)
         outcomes = []
         for worker in workers:
             try:
@@ -240,13 +168,6 @@ def test_mutual_exclusion_across_two_clients(
     assert leftovers == [], summary
 
 
-HOLDER = r"""
-import sys, time, toil_threading
-with toil_threading.global_mutex(sys.argv[1], "held"):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
 WAITER = r"""
 import sys, time, toil_threading
 try:
@@ -269,19 +190,17 @@ def test_sigkilled_holder_on_a_frees_the_mutex_for_b(
     record_property: Callable[[str, object], None],
 ) -> None:
     generous = 30.0
-    holder = start_worker(core, HOLDER, shared_dir.a)
+    holder = start(MUTEX_HOLDER, shared_dir.a, "held", core=core)
     waiter = None
     try:
         expect_line(holder, "held")
         assert (shared_dir.b / "toil-mutex-held").exists(), (
             "the holder's mutex file is not seen through B"
         )
-        waiter = start_worker(core, WAITER, shared_dir.b, generous)
+        waiter = start(WAITER, shared_dir.b, generous, core=core)
         expect_line(waiter, "excluded")  # a holder through A keeps a process on B out
         expect_line(waiter, "waiting")
-        assert waiter.stdin is not None
-        waiter.stdin.write("go\n")
-        waiter.stdin.flush()
+        say(waiter)
         time.sleep(0.3)  # the waiter is now polling the lock through B
         assert waiter.poll() is None, waiter.communicate()
         holder.send_signal(signal.SIGKILL)
@@ -302,27 +221,6 @@ def test_sigkilled_holder_on_a_frees_the_mutex_for_b(
     assert listing(shared_dir.a) == [] and listing(shared_dir.b) == [], "the mutex file was left"
 
 
-ARENA_MEMBER = r"""
-import json, os, sys, toil_threading
-base_dir, tag = sys.argv[1], sys.argv[2]
-stuff = os.path.join(base_dir, "stuff")
-arena = toil_threading.LastProcessStandingArena(base_dir, "shared")
-arena.enter(timeout=30)
-with open(os.path.join(stuff, tag), "w") as handle:
-    handle.write(tag)
-print("entered", flush=True)
-sys.stdin.readline()
-with open(os.path.join(stuff, tag)) as handle:
-    intact = handle.read() == tag
-cleanups = 0
-for _ in arena.leave():
-    cleanups += 1
-    for name in os.listdir(stuff):
-        os.unlink(os.path.join(stuff, name))
-print(json.dumps({"tag": tag, "cleanups": cleanups, "intact": intact}), flush=True)
-"""
-
-
 def test_arena_across_two_clients_elects_one_last_process(
     core: str,
     shared_dir: SharedDir,
@@ -333,23 +231,18 @@ def test_arena_across_two_clients_elects_one_last_process(
     try:
         for tag in tags:  # all at once, entering from both mounts
             folder = shared_dir.a if tag[0] == "A" else shared_dir.b
-            members[tag] = start_worker(core, ARENA_MEMBER, folder, tag)
+            members[tag] = start(ARENA_MEMBER, folder, tag, 1, "WAIT", core=core)
         for tag in tags:
             expect_line(members[tag], "entered")
-        registered = listing(shared_dir.b / "shared-arena-members")
+        registered = listing(shared_dir.b / "pool-arena-members")
         assert len(registered) == 6, f"members seen through B: {registered}"
-        assert listing(shared_dir.b / "stuff") == sorted(tags)
+        assert listing(shared_dir.b / "stuff") == sorted(f"{tag}-0" for tag in tags)
 
         def leave(tag: str) -> None:
-            stdin = members[tag].stdin
-            assert stdin is not None
-            stdin.write("go\n")
-            stdin.flush()
+            say(members[tag])
 
         def result(tag: str) -> dict[str, object]:
-            out, err = members[tag].communicate(timeout=WORKER_TIMEOUT)
-            assert members[tag].returncode == 0, f"{tag} failed:\n{err}"
-            return json.loads(out)  # type: ignore[no-any-return]
+            return report(members[tag])
 
         results = {}
         for tag in ("A0", "B0"):  # others live: these must not clean up
@@ -374,22 +267,14 @@ def test_arena_across_two_clients_elects_one_last_process(
     assert listing(shared_dir.b) == ["stuff"], f"members or mutex left, seen through B: {summary}"
 
 
-NAME_OWNER = r"""
-import sys, time, toil_threading
-print(toil_threading.get_process_name(sys.argv[1]), flush=True)
-time.sleep(600)
-"""
-
-
 def test_process_name_made_through_a_lives_and_dies_through_b(
     core: str,
     shared_dir: SharedDir,
     record_property: Callable[[str, object], None],
 ) -> None:
-    owner = start_worker(core, NAME_OWNER, shared_dir.a)
+    owner = start(NAME_OWNER, shared_dir.a, core=core)
     try:
-        assert owner.stdout is not None
-        name = owner.stdout.readline().strip()
+        name = said(owner)
         assert name.startswith("tmp"), owner.communicate()
         for _ in range(3):
             assert toil_threading.process_name_exists(shared_dir.b, name), (

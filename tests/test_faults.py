@@ -14,8 +14,6 @@ import errno
 import fcntl
 import os
 import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,15 +24,13 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_locked_elsewhere, python_with_core
+from workers import PATIENCE, expect_line, finish
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="LD_PRELOAD fault injection needs Linux"
 )
 
-SOURCE = Path(__file__).with_name("faultinject.c")
 PIPE = subprocess.PIPE
-# Longest wait for a child to start, print or finish where no timing is being asserted.
-PATIENCE = 30.0
 
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):toil_threading:(.*)$", re.MULTILINE)
 
@@ -52,25 +48,6 @@ if os.environ["TOIL_THREADING_LOCK_MAX_TRIES"]:
 if os.environ["TOIL_THREADING_LOCK_MAX_BACKOFF"]:
     assert _policy.max_backoff == float(os.environ["TOIL_THREADING_LOCK_MAX_BACKOFF"]), _policy
 """
-
-
-@pytest.fixture(scope="session")
-def faultlib(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Path of libfaultinject.so, compiled from faultinject.c with the system compiler."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        pytest.skip("no C compiler (cc) to build the fault-injection library")
-    out_dir = tmp_path_factory.mktemp("faultinject")
-    library = out_dir / "libfaultinject.so"
-    build = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(SOURCE), "-ldl"],
-        cwd=out_dir,
-        capture_output=True,
-        text=True,
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building {SOURCE.name} failed:\n{build.stdout}{build.stderr}")
-    return str(library)
 
 
 @pytest.fixture
@@ -110,36 +87,6 @@ def spawn(core: str, code: str, env: dict[str, str]) -> Iterator[subprocess.Pope
             if stream is not None and not stream.closed:
                 with contextlib.suppress(OSError):
                     stream.close()
-
-
-def expect_line(proc: subprocess.Popen[str], want: str, timeout: float = PATIENCE) -> None:
-    """Wait for the child's next stdout line and check it; on failure show its stderr.
-
-    The children print one line and then block, so nothing is left in the text buffer
-    that a later communicate() (which reads the raw pipe) would miss.
-    """
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline().rstrip("\n") if ready else None
-    if line != want:
-        proc.kill()
-        _, stderr = proc.communicate()
-        pytest.fail(
-            f"child printed {line!r} instead of {want!r} (exit {proc.returncode}):\n{stderr}"
-        )
-
-
-def finish(
-    proc: subprocess.Popen[str], stdin: str | None = None, timeout: float = PATIENCE
-) -> tuple[str, str]:
-    """Let the child end (after sending stdin); returns its stdout and stderr."""
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"child did not end within {timeout} s:\n{out}\n{err}")
-    return out, err
 
 
 def logged(stderr: str, level: str) -> list[str]:

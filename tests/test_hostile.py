@@ -12,13 +12,9 @@ import asyncio
 import contextlib
 import errno
 import gc
-import importlib
 import json
 import logging
 import os
-import pickle
-import select
-import signal
 import socket
 import stat
 import subprocess
@@ -26,151 +22,17 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from children import NOBODY, Forked, in_child
 from conftest import assert_locked_elsewhere, linux_only, python_with_core, skip_or_fail
 
 import toil_threading
 
 pytestmark = linux_only
-
-NOBODY = (65534, 65534)  # uid, gid: the unprivileged user every Linux system has
-# What a child acting as another user may need: imported before it drops its rights.
-PRELOADED = (
-    "ctypes",  # the pure core's statfs
-    "io",
-    "json",
-    "toil_threading._arena",
-    "toil_threading._cli",
-    "toil_threading._filesystems",
-)
-
-
-def become(user: tuple[int, int] | None, umask: int | None) -> None:
-    """In a forked child: set umask and drop to user (uid, gid).
-
-    What the child may need later is imported first: another user may not be able to read
-    this interpreter's files (its home is often private), so nothing can be imported after.
-    """
-    for module in PRELOADED:
-        importlib.import_module(module)
-    if umask is not None:
-        os.umask(umask)
-    if user is not None:
-        os.setgroups([])
-        os.setgid(user[1])
-        os.setuid(user[0])
-
-
-class Forked:
-    """A forked child running body(child) as user, talking to the test in lines."""
-
-    def __init__(
-        self,
-        body: Callable[[Forked], object],
-        user: tuple[int, int] | None = None,
-        umask: int | None = 0o022,
-    ) -> None:
-        to_child, self._to_child = os.pipe()
-        self._from_child, from_child = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            status = 0
-            try:
-                os.close(self._to_child)
-                os.close(self._from_child)
-                self._to_child, self._from_child = from_child, to_child  # ours, from here
-                become(user, umask)
-                body(self)
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            os._exit(status)
-        os.close(to_child)
-        os.close(from_child)
-
-    def say(self, line: str) -> None:
-        os.write(self._to_child, line.encode() + b"\n")
-
-    def hear(self, timeout: float = 30.0) -> str:
-        """The next line from the other side ("" at its end)."""
-        line = b""
-        while not line.endswith(b"\n"):
-            ready, _, _ = select.select([self._from_child], [], [], timeout)
-            if not ready:
-                pytest.fail(f"no word from the other side in {timeout} s")
-            chunk = os.read(self._from_child, 1)
-            if not chunk:
-                break
-            line += chunk
-        return line.decode().rstrip("\n")
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        self.wait()
-
-    def wait(self) -> int:
-        try:
-            return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        except ChildProcessError:
-            return 0
-
-
-def in_child(
-    body: Callable[[], object],
-    timeout: float = 30.0,
-    user: tuple[int, int] | None = None,
-    umask: int | None = None,
-) -> Any:
-    """Run body in a forked child and return what it returned.
-
-    The child first sets umask and drops to user (uid, gid) where given.  An exception in
-    the child fails the test with its traceback; so does a child still running after
-    timeout seconds (it is killed) or one that dies without answering.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        status = 0
-        try:
-            os.close(read_end)
-            become(user, umask)
-            outcome: tuple[str, object] = ("returned", body())
-        except BaseException as error:
-            outcome = ("raised", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
-        try:
-            with os.fdopen(write_end, "wb") as pipe:
-                pickle.dump(outcome, pipe)
-        except BaseException:
-            status = 1
-        os._exit(status)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + timeout
-    with os.fdopen(read_end, "rb") as pipe:
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([pipe], [], [], max(left, 0))
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(f"the child was still running after {timeout} s: it hung")
-            chunk = os.read(pipe.fileno(), 65536)
-            if not chunk:
-                break
-            data += chunk
-    os.waitpid(pid, 0)
-    if not data:
-        pytest.fail("the child died without answering")
-    kind, value = pickle.loads(data)
-    if kind == "raised":
-        pytest.fail(f"the child raised:\n{value}")
-    return value
 
 
 def needs_root() -> None:

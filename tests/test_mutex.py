@@ -20,47 +20,27 @@ from conftest import (
     python_with_core,
     wait_until_blocked,
 )
+from workers import HAMMER, MUTEX_HOLDER, expect_line, kill_all, report, start
 
 import toil_threading
 
 fork = multiprocessing.get_context("fork")
 
 
-def hammer(
-    base_dir: str, potato: str, rounds: int, start: multiprocessing.synchronize.Event
-) -> None:
-    """Take the mutex `rounds` times; inside, prove exclusion with an exclusive-create file."""
-    start.wait()
-    violations = 0
-    for _ in range(rounds):
-        with toil_threading.global_mutex(base_dir, "shared"):
-            try:
-                fd = os.open(potato, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                violations += 1
-                continue
-            os.close(fd)
-            os.sched_yield()
-            os.unlink(potato)
-    os._exit(min(violations, 100))
-
-
 @pytest.mark.parametrize("processes,rounds", [(8, 100)])
 def test_mutual_exclusion_between_processes(
     core: str, lock_dir: Path, processes: int, rounds: int
 ) -> None:
-    potato = str(lock_dir / "potato")
-    start = fork.Event()
-    workers = [
-        fork.Process(target=hammer, args=(str(lock_dir), potato, rounds, start))
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    start.set()
-    for worker in workers:
-        worker.join(120)
-    assert [worker.exitcode for worker in workers] == [0] * processes, "exclusion violated"
+    hammers = [start(HAMMER, lock_dir, rounds, "GO", core=core) for _ in range(processes)]
+    try:
+        for hammer in hammers:
+            expect_line(hammer, "ready")
+        reports = [report(hammer, "go\n") for hammer in hammers]
+    finally:
+        kill_all(hammers)
+    assert [(r["acquired"], r["violations"], r["exceptions"]) for r in reports] == [
+        (rounds, 0, {})
+    ] * processes
     assert os.listdir(lock_dir) == [], "the mutex or the potato was left behind"
 
 
@@ -72,31 +52,22 @@ def test_mutex_file_exists_only_while_held(core: str, lock_dir: Path, no_fd_leak
     assert not path.exists()
 
 
-def hold_until_killed(base_dir: str, ready: multiprocessing.synchronize.Event) -> None:
-    with toil_threading.global_mutex(base_dir, "held"):
-        ready.set()
-        time.sleep(600)
-
-
 def test_sigkilled_holder_frees_the_mutex(core: str, lock_dir: Path, no_fd_leak: None) -> None:
-    ready = fork.Event()
-    holder = fork.Process(target=hold_until_killed, args=(str(lock_dir), ready))
-    holder.start()
+    holder = start(MUTEX_HOLDER, lock_dir, "held", core=core)
     try:
-        assert ready.wait(30)
+        expect_line(holder, "held")
         with (
             pytest.raises(TimeoutError),
             toil_threading.global_mutex(lock_dir, "held", timeout=0.2),
         ):
             pass
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.join(30)
+        holder.kill()
+        holder.wait()
         started = time.monotonic()
         with toil_threading.global_mutex(lock_dir, "held", timeout=10):
             assert time.monotonic() - started < 10
     finally:
-        holder.kill()
-        holder.join()
+        kill_all([holder])
     assert os.listdir(lock_dir) == []
 
 

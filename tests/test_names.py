@@ -21,6 +21,7 @@ from conftest import (
     run_toil,
     skip_or_fail,
 )
+from workers import NAME_OWNER, said, start
 
 import toil_threading
 from toil_threading._protocol import ABSENT, ALIVE, DEAD, REMOVED
@@ -34,18 +35,10 @@ def fresh_names() -> Iterator[None]:
     toil_threading.destroy_all_process_names()
 
 
-def named_owner(start: subprocess.Popen[str]) -> str:
-    """The name a started owner printed on its first line."""
-    assert start.stdout is not None
-    return start.stdout.readline().strip()
-
-
-def owner_code(base_dir: Path) -> str:
-    return (
-        "import sys, toil_threading\n"
-        f"print(toil_threading.get_process_name({str(base_dir)!r}), flush=True)\n"
-        "sys.stdin.readline()\n"
-    )
+def named_owner(core: str, base_dir: Path, **where: str) -> tuple[subprocess.Popen[str], str]:
+    """A process owning a name in base_dir (on core, or Toil's with toil_python), and it."""
+    owner = start(NAME_OWNER, base_dir, **(where or {"core": core}))
+    return owner, said(owner)
 
 
 def test_name_is_stable_and_on_disk(core: str, shm_dir: Path, tmp_path: Path) -> None:
@@ -61,11 +54,8 @@ def test_name_is_stable_and_on_disk(core: str, shm_dir: Path, tmp_path: Path) ->
 
 
 def test_alive_while_owner_lives_then_dead_and_removed(core: str, lock_dir: Path) -> None:
-    owner = python_with_core(
-        core, owner_code(lock_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    owner, name = named_owner(core, lock_dir)
     try:
-        name = named_owner(owner)
         assert (lock_dir / name).exists()
         assert toil_threading.process_name_exists(lock_dir, name)
         assert toil_threading.process_name_exists(lock_dir, name), "polling must not kill it"
@@ -79,22 +69,15 @@ def test_alive_while_owner_lives_then_dead_and_removed(core: str, lock_dir: Path
 
 
 def test_name_files_are_removed_at_exit(core: str, shm_dir: Path) -> None:
-    owner = python_with_core(
-        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    name = named_owner(owner)
+    owner, name = named_owner(core, shm_dir)
     owner.communicate("\n", timeout=30)
     assert owner.returncode == 0
     assert not (shm_dir / name).exists()
 
 
 def test_distinct_processes_get_distinct_names(core: str, shm_dir: Path) -> None:
-    owners = [
-        python_with_core(core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        for _ in range(4)
-    ]
+    owners, names = map(list, zip(*(named_owner(core, shm_dir) for _ in range(4)), strict=True))
     try:
-        names = [named_owner(owner) for owner in owners]
         names.append(toil_threading.get_process_name(shm_dir))
         assert len(set(names)) == 5
         assert all(toil_threading.process_name_exists(shm_dir, name) for name in names)
@@ -182,9 +165,8 @@ def test_parent_name_dies_with_parent_though_its_fork_lives(core: str, shm_dir: 
     )
     child_pid = 0
     try:
-        name = named_owner(parent)
-        assert parent.stdout is not None
-        child_pid = int(parent.stdout.readline())
+        name = said(parent)
+        child_pid = int(said(parent))
         assert toil_threading.process_name_exists(shm_dir, name)
         parent.kill()
         parent.wait()
@@ -207,7 +189,7 @@ def test_execd_process_does_not_keep_its_name(core: str, shm_dir: Path) -> None:
         stdout=subprocess.PIPE,
     )
     try:
-        name = named_owner(owner)
+        name = said(owner)
         deadline = time.monotonic() + 10
         # Done exec'ing once sleep(1) itself runs and blocks (state S): the kernel sets
         # the new name before it closes the close-on-exec descriptors.
@@ -273,15 +255,9 @@ def test_names_in_separate_pid_namespaces(core: str, shm_dir: Path) -> None:
 
 
 def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_python: str) -> None:
-    toil_owner = run_toil(
-        toil_python, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    ours = python_with_core(
-        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    toil_owner, toil_name = named_owner(core, shm_dir, toil_python=toil_python)
+    ours, our_name = named_owner(core, shm_dir)
     try:
-        toil_name = named_owner(toil_owner)
-        our_name = named_owner(ours)
         assert toil_threading.process_name_exists(shm_dir, toil_name)
 
         def toil_says(name: str) -> str:
@@ -310,11 +286,8 @@ def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_pyt
 
 def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak: None) -> None:
     core_module = toil_threading._impl.core
-    owner = python_with_core(
-        core, owner_code(shm_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
+    owner, name = named_owner(core, shm_dir)
     try:
-        name = named_owner(owner)
         assert core_module.probe(str(shm_dir), name, False) == ALIVE
         owner.kill()
         owner.wait()

@@ -59,55 +59,55 @@ class FilesystemReport:
     does there and ``reason`` why, in one sentence.
     """
 
-    __slots__ = (
-        "filesystem",
-        "flock",
-        "magic",
-        "mount_point",
-        "options",
+    __slots__ = ("filesystem", "flock", "magic", "mount", "path", "posix", "reason", "strategy")
+    FIELDS = (
         "path",
-        "posix",
-        "reason",
+        "type",
+        "filesystem",
+        "mount_point",
         "root",
         "source",
+        "options",
+        "magic",
+        "flock",
+        "posix",
         "strategy",
-        "type",
+        "reason",
     )
 
     def __init__(
-        self,
-        *,
-        path: str,
-        type: str,
-        filesystem: str,
-        mount_point: str | None,
-        root: str | None,
-        source: str | None,
-        options: str,
-        magic: str | None,
-        flock: str,
-        posix: str,
-        strategy: str,
-        reason: str,
+        self, path: str, mount: Mount | None, magic: str | None, verdicts: tuple[str, str, str, str]
     ) -> None:
-        self.path = path
-        self.type = type
-        self.filesystem = filesystem
-        self.mount_point = mount_point
-        self.root = root
-        self.source = source
-        self.options = options
-        self.magic = magic
-        self.flock = flock
-        self.posix = posix
-        self.strategy = strategy
-        self.reason = reason
+        self.path, self.mount, self.magic = path, mount, magic
+        self.filesystem, self.flock, self.posix, why = verdicts
+        self.strategy = strategy_of(self.flock, self.posix)
+        self.reason = f"{why}: {_STRATEGY_WORDS[self.strategy]}"
+
+    @property
+    def type(self) -> str:
+        return self.mount.type if self.mount else self.filesystem
+
+    @property
+    def mount_point(self) -> str | None:
+        return self.mount.mount_point if self.mount else None
+
+    @property
+    def root(self) -> str | None:
+        return self.mount.root if self.mount else None
+
+    @property
+    def source(self) -> str | None:
+        return self.mount.source if self.mount else None
+
+    @property
+    def options(self) -> str:
+        return self.mount.options if self.mount else ""
 
     def as_dict(self) -> dict[str, str | None]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS)
         return f"FilesystemReport({fields})"
 
 
@@ -154,31 +154,18 @@ def strategy_of(flock: str, posix: str) -> str:
 def _report(path: str, mount: Mount | None, magic: int | None) -> FilesystemReport:
     by_magic = None if magic is None else _row_of_magic(magic)
     if mount is not None:
-        name, flock, posix, why = verdicts(mount.type, mount.options, mount.device[0])
+        found = verdicts(mount.type, mount.options, mount.device[0])
     else:
-        name, flock, posix, why = by_magic or (
+        found = by_magic or (
             "unknown",
             UNKNOWN,
             UNKNOWN,
             "a filesystem this package cannot identify here",
         )
     if by_magic is not None and REFUSED in by_magic[1:3]:
-        # A statfs number the table refuses (Ceph's) decides, whatever mountinfo says.
-        name, flock, posix, why = by_magic
-    strategy = strategy_of(flock, posix)
+        found = by_magic  # a statfs number the table refuses (Ceph's) decides, whatever else
     return FilesystemReport(
-        path=path,
-        type=mount.type if mount else name,
-        filesystem=name,
-        mount_point=mount.mount_point if mount else None,
-        root=mount.root if mount else None,
-        source=mount.source if mount else None,
-        options=mount.options if mount else "",
-        magic=None if magic is None else f"0x{magic & 0xFFFFFFFF:08x}",
-        flock=flock,
-        posix=posix,
-        strategy=strategy,
-        reason=f"{why}: {_STRATEGY_WORDS[strategy]}",
+        path, mount, None if magic is None else f"0x{magic & 0xFFFFFFFF:08x}", found
     )
 
 
