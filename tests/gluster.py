@@ -23,7 +23,8 @@ The fixture bodies at the bottom (the fixtures themselves are in test_distribute
 skip with the reason where this cannot be set up, or fail when
 ``TOIL_THREADING_REQUIRE_ALL_TESTS`` is set.  A run killed outright leaves daemons and
 mounts behind; the next run removes those of any run whose pytest process is gone before
-starting its own.
+starting its own (the machinery is in mounts.py), and the sockets and logs their bricks
+left in /var/run/gluster and /var/log/glusterfs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,9 +44,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
-from conftest import skip_or_fail
+from mounts import (
+    SETUP_TIMEOUT,
+    FixtureKind,
+    fuse_prerequisites_missing,
+    kill_and_wait,
+    log_tail,
+    program,
+    reap,
+    report_problems,
+    unavailable,
+)
 
 ROOT_PREFIX = "toil-threading-gluster-"
 GLUSTERD_PORT = 24007
@@ -74,7 +83,6 @@ STRICT_MOUNT_OPTIONS = (
 )
 
 FUSE_SUPER_MAGIC = 0x65735546
-SETUP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
 
 
@@ -83,35 +91,13 @@ class GlusterUnavailable(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# Looking around: prerequisites, the mount table, processes.
+# Looking around: prerequisites, the host, what bricks leave outside the root.
 
 
 def prerequisites_missing() -> str | None:
     """Why the fixture cannot run on this machine, or None when it may try."""
-    if not sys.platform.startswith("linux"):
-        return f"GlusterFS's FUSE client needs Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return f"starting glusterd and mounting FUSE need root (running as uid {os.geteuid()})"
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as error:
-        return (
-            f"/dev/fuse cannot be opened ({error.strerror}): no FUSE in this machine or container"
-        )
-    os.close(fd)
-    missing = [name for name in ("glusterd", "glusterfs", "gluster", "umount") if not program(name)]
-    if missing:
-        return (
-            f"GlusterFS is not installed (missing {', '.join(missing)}); "
-            "run .ci/gluster-setup as root"
-        )
-    return None
-
-
-def program(name: str) -> str | None:
-    """The path of a program, looking in the sbin folders too (a non-login PATH may lack them)."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
-    return shutil.which(name, path=search)
+    needed = ("glusterd", "glusterfs", "gluster", "umount")
+    return fuse_prerequisites_missing(needed, ".ci/gluster-setup")
 
 
 def _program(name: str) -> str:
@@ -145,103 +131,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(2)
         return probe.connect_ex((LOOPBACK, port)) == 0
-
-
-def _unescape(field_: str) -> str:
-    """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, backslash)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field_)
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mount_point: str
-    fs_type: str
-    source: str
-
-
-def mount_table() -> list[MountEntry]:
-    entries = []
-    with open("/proc/self/mountinfo") as table:
-        for line in table:
-            before, _, after = line.partition(" - ")
-            fields = before.split()
-            rest = after.split()
-            if len(fields) < 5 or len(rest) < 2:
-                continue
-            entries.append(MountEntry(_unescape(fields[4]), rest[0], _unescape(rest[1])))
-    return entries
-
-
-def is_glusterfs_mount(path: str | os.PathLike[str]) -> bool:
-    """Whether path is a GlusterFS FUSE mount point now (`mountpoint -q`, and the type)."""
-    where = os.path.realpath(path)
-    return any(
-        entry.mount_point == where and entry.fs_type == "fuse.glusterfs" for entry in mount_table()
-    )
-
-
-def filesystem_type_of(path: str) -> str:
-    """The type of the filesystem holding path, from the longest matching mount point."""
-    where = os.path.realpath(path)
-    best = MountEntry("", "unknown", "")
-    for entry in mount_table():
-        point = entry.mount_point.rstrip("/") + "/"
-        if (where + "/").startswith(point) and len(entry.mount_point) >= len(best.mount_point):
-            best = entry
-    return best.fs_type
-
-
-def disk_parent() -> str:
-    """A folder on the disk (not tmpfs) to hold everything: bricks must not eat memory."""
-    chosen = os.environ.get("TOIL_THREADING_GLUSTER_DIR")
-    candidates = [chosen] if chosen else ["/var/tmp", tempfile.gettempdir()]
-    for candidate in candidates:
-        if os.path.isdir(candidate) and filesystem_type_of(candidate) not in ("tmpfs", "ramfs"):
-            return candidate
-    raise GlusterUnavailable(
-        f"no folder on a disk for the bricks among {candidates} "
-        "(set TOIL_THREADING_GLUSTER_DIR to one)"
-    )
-
-
-def _process_start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _processes() -> Iterator[tuple[int, list[str]]]:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                argv = cmdline.read().split(b"\0")
-        except OSError:
-            continue
-        yield int(entry), [arg.decode(errors="replace") for arg in argv if arg]
-
-
-def _root_in(text: str) -> str | None:
-    """The fixture root folder (``.../toil-threading-gluster-XXXX``) named inside text, if any."""
-    match = re.search(r"((?:/[^\s=/]+)*/" + re.escape(ROOT_PREFIX) + r"[^/\s]+)", text)
-    return match.group(1) if match else None
-
-
-GLUSTER_PROGRAMS = ("glusterd", "glusterfsd", "glusterfs")
-
-
-def _processes_of(root: str) -> list[tuple[int, list[str]]]:
-    """GlusterFS daemons whose command line names something under root: ours, and the bricks."""
-    found = []
-    for pid, argv in _processes():
-        if not argv or os.path.basename(argv[0]) not in GLUSTER_PROGRAMS:
-            continue
-        if any(_root_in(arg) == root for arg in argv):
-            found.append((pid, argv))
-    return found
 
 
 def _argument(argv: list[str], *flags: str) -> str | None:
@@ -281,126 +170,26 @@ def remove_brick_logs(under: str) -> None:
                     os.unlink(os.path.join(folder, name))
 
 
-def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            # A child of this process must be reaped; anyone else's just disappears.
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    break
-            state = _process_state(pid)
-            if state is None or state == "Z":
-                break
-            time.sleep(0.02)
+def _tidy(under: str, killed: list[list[str]]) -> None:
+    """Remove what the killed brick processes (their command lines) kept outside our folder."""
+    for argv in killed:
+        _remove_brick_droppings(argv)
+    remove_brick_logs(under)
 
 
-def _process_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def unmount(mount_point: str, timeout: float = 20.0) -> str | None:
-    """Unmount, lazily if it is busy or stuck; None when done, else what went wrong."""
-    if not is_glusterfs_mount(mount_point):
-        return None
-    try:
-        done = subprocess.run(
-            [_program("umount"), mount_point], capture_output=True, text=True, timeout=timeout
-        )
-        if done.returncode == 0 or not is_glusterfs_mount(mount_point):
-            return None
-        problem = done.stderr.strip()
-    except subprocess.TimeoutExpired:
-        problem = f"umount took over {timeout} s"
-    lazy = subprocess.run(
-        [_program("umount"), "-l", mount_point], capture_output=True, text=True, timeout=timeout
-    )
-    if lazy.returncode == 0 or not is_glusterfs_mount(mount_point):
-        return None
-    return f"{mount_point}: {problem}; umount -l: {lazy.stderr.strip()}"
-
-
-def _owner_alive(root: str) -> bool:
-    try:
-        pid_text, start = Path(root, "owner").read_text().split()
-        pid = int(pid_text)
-    except (OSError, ValueError):
-        # Between mkdtemp and writing the owner, a root is young; an old one without an
-        # owner was left by a crash.
-        try:
-            return time.time() - os.stat(root).st_mtime < 60
-        except OSError:
-            return False
-    return _process_start_time(pid) == start and _process_state(pid) not in (None, "Z", "X")
-
-
-def clean_leftovers() -> list[str]:
-    """Take down what runs killed outright left behind (mounts, daemons, folders).
-
-    Only roots whose owning pytest process is gone are touched, so a concurrent session
-    keeps its own.  Returns what was cleaned, for the log.
-    """
-    roots: set[str] = set()
-    for entry in mount_table():
-        root = _root_in(entry.mount_point)
-        if root:
-            roots.add(root)
-    for _, argv in _processes():
-        if not argv or os.path.basename(argv[0]) not in GLUSTER_PROGRAMS:
-            continue
-        for arg in argv:
-            root = _root_in(arg)
-            if root:
-                roots.add(root)
-    for parent in {
-        "/var/tmp",
-        tempfile.gettempdir(),
-        os.environ.get("TOIL_THREADING_GLUSTER_DIR", ""),
-    }:
-        if parent and os.path.isdir(parent):
-            for name in os.listdir(parent):
-                if name.startswith(ROOT_PREFIX):
-                    roots.add(os.path.join(parent, name))
-    cleaned = []
-    for root in sorted(roots):
-        if _owner_alive(root):
-            continue
-        mounts = sorted(
-            (
-                entry.mount_point
-                for entry in mount_table()
-                if entry.mount_point.startswith(root + "/")
-            ),
-            key=len,
-            reverse=True,
-        )
-        for point in mounts:
-            unmount(point)
-        processes = _processes_of(root)
-        for _, argv in processes:
-            _remove_brick_droppings(argv)
-        _kill_and_wait([pid for pid, _ in processes])
-        remove_brick_logs(root)
-        still_mounted = [e for e in mount_table() if e.mount_point.startswith(root + "/")]
-        if not still_mounted:
-            shutil.rmtree(root, ignore_errors=True)
-        cleaned.append(f"{root}: {len(mounts)} mounts, {len(processes)} processes")
-    return cleaned
-
-
-def log_tail(path: str | os.PathLike[str], lines: int = 15) -> str:
-    try:
-        text = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return f"last lines of {path}:\n" + "\n".join(text[-lines:])
+KIND = FixtureKind(
+    name="GlusterFS",
+    prefix=ROOT_PREFIX,
+    fs_type="fuse.glusterfs",
+    programs=("glusterd", "glusterfsd", "glusterfs"),
+    folder_variable="TOIL_THREADING_GLUSTER_DIR",
+    # /var/tmp first: bricks must not eat memory where the temporary folder is tmpfs.
+    default_parents=("/var/tmp", tempfile.gettempdir()),
+    unmount_command=("umount",),
+    error=GlusterUnavailable,
+    tidy=_tidy,
+)
+clean_leftovers = KIND.clean_leftovers
 
 
 # ---------------------------------------------------------------------------------------
@@ -422,29 +211,19 @@ class Volume:
     def check_alive(self) -> None:
         """Fail loudly when a client died or a mount vanished since the volume was set up."""
         for label, point in (("A", self.a), ("B", self.b)):
-            client = self.clients.get(label)
-            if client is None or client.poll() is not None:
-                raise RuntimeError(
-                    f"the GlusterFS client of mount {label} ({point}) has exited: "
-                    + log_tail(self.cluster.logs / f"{self.name}-{label}.log")
-                )
-            if not is_glusterfs_mount(point):
-                raise RuntimeError(f"mount {label} ({point}) is no longer a GlusterFS mount")
+            log = self.cluster.logs / f"{self.name}-{label}.log"
+            KIND.check_alive(point, self.clients.get(label), log)
 
     def close(self) -> list[str]:
         """Unmount both, stop the volume; returns the problems met (teardown goes on regardless)."""
         problems = []
         for label, point in (("B", self.b), ("A", self.a)):
-            problem = unmount(str(point))
+            problem = KIND.unmount(point)
             if problem:
                 problems.append(problem)
             client = self.clients.pop(label, None)
             if client is not None:
-                try:
-                    client.wait(10)
-                except subprocess.TimeoutExpired:
-                    client.kill()
-                    client.wait()
+                reap(client, 10)
         # The brick process's command line names its socket and log outside our folder.
         bricks = self.brick_processes()
         if self.cluster.running():
@@ -453,16 +232,14 @@ class Volume:
             except GlusterUnavailable as error:
                 problems.append(str(error))
         # The brick outlives the CLI's failures and even glusterd: end it by its pid.
-        _kill_and_wait([pid for pid, _ in self.brick_processes()])
-        for _, argv in bricks:
-            _remove_brick_droppings(argv)
-        remove_brick_logs(str(self.brick))
+        kill_and_wait([pid for pid, _ in self.brick_processes()])
+        _tidy(str(self.brick), [argv for _, argv in bricks])
         return problems
 
     def brick_processes(self) -> list[tuple[int, list[str]]]:
         return [
             (pid, argv)
-            for pid, argv in _processes_of(str(self.cluster.root))
+            for pid, argv in KIND.processes_of(str(self.cluster.root))
             if str(self.brick) in argv
         ]
 
@@ -472,9 +249,7 @@ class GlusterCluster:
 
     def __init__(self) -> None:
         self.host = brick_host()
-        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX, dir=disk_parent()))
-        start = _process_start_time(os.getpid())
-        (self.root / "owner").write_text(f"{os.getpid()} {start}\n")
+        self.root = KIND.make_root()
         self.logs = self.root / "log"
         self.run_dir = self.root / "run"
         self.socket = self.run_dir / "glusterd.socket"
@@ -606,7 +381,7 @@ class GlusterCluster:
             log = self.logs / f"{name}-{label}.log"
             # Registered before waiting, so that teardown ends it whatever happens next.
             volume.clients[label] = client = self._start_client(name, point, log, options)
-            self._wait_mounted(client, name, point, log)
+            self._wait_usable(client, point, log)
         self._check_shared(volume)
         return volume
 
@@ -632,23 +407,10 @@ class GlusterCluster:
                 start_new_session=True,
             )
 
-    def _wait_mounted(
-        self, client: subprocess.Popen[bytes], name: str, point: Path, log: Path
-    ) -> None:
+    def _wait_usable(self, client: subprocess.Popen[bytes], point: Path, log: Path) -> None:
+        """Wait for the mount, then for the filesystem behind it to answer."""
         deadline = time.monotonic() + SETUP_TIMEOUT
-        # A failed mount leaves an ordinary empty folder that silently "works": wait for the
-        # mount table to show the FUSE mount, and for the filesystem behind it to answer.
-        while not is_glusterfs_mount(point):
-            if client.poll() is not None:
-                raise GlusterUnavailable(
-                    f"mounting {name} on {point} failed (status {client.returncode}): "
-                    + log_tail(log)
-                )
-            if time.monotonic() > deadline:
-                raise GlusterUnavailable(
-                    f"{point} was not mounted within {SETUP_TIMEOUT} s: " + log_tail(log)
-                )
-            time.sleep(0.02)
+        KIND.wait_mounted(point, client, log)
         while True:
             try:
                 os.listdir(point)
@@ -695,41 +457,15 @@ class GlusterCluster:
         problems = []
         for volume in list(self.volumes):
             problems.extend(self.close_volume(volume))
-        if self.glusterd is not None and self.glusterd.poll() is None:
-            self.glusterd.terminate()
-            try:
-                self.glusterd.wait(10)
-            except subprocess.TimeoutExpired:
-                self.glusterd.kill()
-                self.glusterd.wait()
+        if self.glusterd is not None:
+            reap(self.glusterd, 10, terminate=True)
         # Anything still naming our folder (a brick the CLI could not stop) ends here.
-        stragglers = _processes_of(str(self.root))
-        for _, argv in stragglers:
-            _remove_brick_droppings(argv)
-        _kill_and_wait([pid for pid, _ in stragglers])
-        remove_brick_logs(str(self.root))
-        for entry in sorted(mount_table(), key=lambda e: len(e.mount_point), reverse=True):
-            if entry.mount_point.startswith(str(self.root) + "/"):
-                problem = unmount(entry.mount_point)
-                if problem:
-                    problems.append(problem)
-        if any(entry.mount_point.startswith(str(self.root) + "/") for entry in mount_table()):
-            problems.append(f"{self.root} still has mounts; left in place")
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
+        problems.extend(KIND.take_down(str(self.root))[2])
         return problems
 
 
 # ---------------------------------------------------------------------------------------
 # Fixture bodies.
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip, or fail where every test must run (TOIL_THREADING_REQUIRE_ALL_TESTS, set by
-    .ci/run), so that CI cannot skip these silently.  Not CI=true: the wheel builds'
-    test runs have no GlusterFS and must skip."""
-    skip_or_fail(f"GlusterFS could not be set up: {reason}")
-    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -756,27 +492,25 @@ def cluster_for_session() -> Iterator[GlusterCluster]:
     """The body of a session fixture: one glusterd on 127.0.0.1, torn down after.
 
     Clears what runs killed outright left behind first.  Skips (or fails, see
-    `unavailable`) where GlusterFS cannot be stood up.
+    `mounts.unavailable`) where GlusterFS cannot be stood up.
     """
     reason = prerequisites_missing()
     if reason:
-        unavailable(reason)
+        unavailable(KIND.name, reason)
     clean_leftovers()
     try:
         cluster = GlusterCluster()
     except GlusterUnavailable as error:
-        unavailable(str(error))
+        unavailable(KIND.name, str(error))
     with _sigterm_as_interrupt():
         try:
             try:
                 cluster.start()
             except GlusterUnavailable as error:
-                unavailable(str(error))
+                unavailable(KIND.name, str(error))
             yield cluster
         finally:
-            problems = cluster.close()
-            if problems:
-                print("GlusterFS teardown problems:", *problems, sep="\n  ", file=sys.stderr)
+            report_problems(KIND.name, cluster.close())
 
 
 def volume_for_session(cluster: GlusterCluster, mode: str) -> Iterator[Volume]:
@@ -785,13 +519,11 @@ def volume_for_session(cluster: GlusterCluster, mode: str) -> Iterator[Volume]:
         try:
             volume = cluster.volume(mode)
         except GlusterUnavailable as error:
-            unavailable(f"{mode} volume: {error}")
+            unavailable(KIND.name, f"{mode} volume: {error}")
         yield volume
     finally:
         for built in [v for v in cluster.volumes if v.mode == mode]:
-            problems = cluster.close_volume(built)
-            if problems:
-                print("GlusterFS teardown problems:", *problems, sep="\n  ", file=sys.stderr)
+            report_problems(KIND.name, cluster.close_volume(built))
 
 
 @dataclass(frozen=True)

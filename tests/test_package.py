@@ -71,14 +71,28 @@ def test_accelerated_matches_the_core_in_use() -> None:
 
 
 def crossing(module: object) -> dict[str, inspect.Signature]:
-    return {
-        name: inspect.signature(value)
-        for name, value in vars(module).items()
-        if callable(value)
-        and not name.startswith("_")
-        and not isinstance(value, type)
-        and str(getattr(value, "__module__", "")).startswith("toil_threading.")
-    }
+    """The public functions a core defines (not those it imports), and of each class it
+    defines, the context-manager methods and the properties (a compiled class's own
+    signature is opaque: stubtest holds it to the .pyi)."""
+    found = {}
+    for name, value in vars(module).items():
+        if name.startswith("_") or not callable(value):
+            continue
+        if getattr(value, "__module__", "") != getattr(module, "__name__", None):
+            continue
+        if not isinstance(value, type):
+            found[name] = inspect.signature(value)
+            continue
+        for attribute in dir(value):
+            member = getattr(value, attribute)
+            if attribute in ("__enter__", "__exit__"):
+                found[f"{name}.{attribute}"] = inspect.signature(member)
+            elif not attribute.startswith("_") and type(member).__name__ in (
+                "property",
+                "getset_descriptor",
+            ):
+                found[f"{name}.{attribute}"] = inspect.Signature()
+    return found
 
 
 def shape(signature: inspect.Signature) -> list[tuple[str, object, object]]:

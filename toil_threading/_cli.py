@@ -134,6 +134,43 @@ def _run_fs(args: argparse.Namespace) -> int:
     return 1 if report.strategy == "refused" else 0
 
 
+def _run_verify(args: argparse.Namespace) -> int:
+    from toil_threading import _verify
+
+    if args.hold is not None:
+        print(
+            f"holding flock and a record lock on {args.directory}/{_verify.SCRATCH} for"
+            f" {args.hold:g} s; run `{PROG} verify {args.directory}` on another machine now",
+            file=sys.stderr,
+            flush=True,
+        )
+        holder = _verify.hold(args.directory, args.hold)
+        if args.json:
+            print(json.dumps({"held": holder}, indent=2))
+        return 0
+    try:
+        found = _verify.check(args.directory)
+    except _verify.NoHolder as error:
+        raise RuntimeError(str(error)) from None
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        holder = found["holder"]
+        words = {True: "excludes", False: "does not exclude", None: "not tried"}
+        _print_table(
+            [
+                ("holder", f"pid {holder.get('pid')} on {holder.get('host')}"),
+                ("flock", f"{words[found['flock']]} across the two"),
+                ("record locks", f"{words[found['posix']]} across the two"),
+                ("strategy", found["strategy"]),
+                ("safe", "yes" if found["safe"] else "NO"),
+            ]
+        )
+        if found["same_host"]:
+            print("(the holder runs on this machine: nothing was checked across machines)")
+    return 0 if found["safe"] else 1
+
+
 _DESCRIPTION = """\
 Look at what toil_threading keeps on disk (mutexes, arenas, process names, and who
 holds them), and at what it decides about this machine (CPUs, filesystems).
@@ -148,9 +185,11 @@ examples:
   while toil-threading inspect /dev/shm/coordination >/dev/null; [ $? = 1 ]; do sleep 5; done
   toil-threading cpus --explain
   toil-threading fs /dev/shm
+  toil-threading verify /scratch/shared --hold 60    # on one node, then on another:
+  toil-threading verify /scratch/shared
 
-exit status: 0 for nothing held (inspect) or a usable filesystem (fs); 1 when something
-is held or the filesystem is refused; 2 for errors.
+exit status: 0 for nothing held (inspect), a usable filesystem (fs) or a safe one
+(verify); 1 when something is held, the filesystem is refused or unsafe; 2 for errors.
 """
 
 
@@ -236,6 +275,22 @@ def _parser() -> argparse.ArgumentParser:
     fs.add_argument("path", metavar="PATH")
     fs.add_argument("--json", action="store_true", help="print JSON")
     fs.set_defaults(run=_run_fs, parser=fs)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check on a real cluster whether each kind of lock excludes between machines",
+        description="On one machine, `verify DIR --hold SECONDS` holds both kinds of lock on a"
+        " scratch file in DIR; on another, `verify DIR` tries to take each and says whether"
+        " the holder kept it out, and whether the package's strategy for DIR is safe there."
+        " Exit 0 safe, 1 unsafe, 2 when no holder is found or on errors. Nothing is left"
+        " behind.",
+    )
+    verify.add_argument("directory", metavar="DIR", help="a directory both machines share")
+    verify.add_argument(
+        "--hold", type=float, metavar="SECONDS", help="hold the locks for this long, then exit"
+    )
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(run=_run_verify, parser=verify)
     return parser
 
 

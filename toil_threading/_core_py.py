@@ -12,11 +12,11 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 import sys
 import time
 
 from . import _retry
+from ._locks import FLOCK, RECORD, lock_call, record_locked_elsewhere, unlock_record
 from ._protocol import (
     ABSENT,
     ALIVE,
@@ -70,28 +70,6 @@ if hasattr(os, "register_at_fork"):
 
 # Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
 
-_FLOCK, _RECORD = 0, 1
-_RECORD_LOCKS = sys.platform.startswith("linux")  # F_OFD_* are Linux's
-
-
-def _record(kind: int) -> bytes:
-    # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len (0: to the end), l_pid.
-    return struct.pack("hhqqi", kind, os.SEEK_SET, 0, 0, 0)
-
-
-def _lock_call(fd: int, how: int, exclusive: bool, wait: bool) -> int:
-    """One flock or record-lock call: 0 when had, else the errno."""
-    try:
-        if how == _FLOCK:
-            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            fcntl.flock(fd, op if wait else op | fcntl.LOCK_NB)
-        else:
-            command = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
-            fcntl.fcntl(fd, command, _record(fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK))
-    except OSError as error:
-        return error.errno or errno.EIO
-    return 0
-
 
 def _lock(
     fd: int, how: int, exclusive: bool, block: bool, deadline: float | None, path: str | None
@@ -101,19 +79,13 @@ def _lock(
     counts = [0, 0]
     wait = False
     while True:
-        err = _lock_call(fd, how, exclusive, wait)
+        err = lock_call(fd, how, exclusive, wait)
         if err == 0:
             return _WAITED if wait or counts[1] else _HAD
         step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
         if step > 0:
             return step
         wait = wait or step == _retry.WAIT
-
-
-def _locked_elsewhere(fd: int) -> bool:
-    """Does another open file description hold a write record lock on fd's file?"""
-    answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _record(fcntl.F_RDLCK))
-    return bool(struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK)
 
 
 def _unlock_and_close(fd: int, strategy: int) -> None:
@@ -123,7 +95,7 @@ def _unlock_and_close(fd: int, strategy: int) -> None:
     failure = 0
     try:
         if strategy & RECORD_LOCK:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _record(fcntl.F_UNLCK))
+            unlock_record(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError as error:
         failure = error.errno or errno.EIO
@@ -143,7 +115,7 @@ def _close(fd: int) -> int:
 
 
 def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str | None) -> None:
-    busy = _lock(fd, _FLOCK, not shared, block, deadline, path)
+    busy = _lock(fd, FLOCK, not shared, block, deadline, path)
     if busy > _WAITED:
         raise _retry.error(busy, path)
 
@@ -293,9 +265,9 @@ def _lock_new(
         if not stat.S_ISREG(info.st_mode):
             raise _retry.not_a_lock_file(shown)
         strategy = _strategy(fd, info.st_dev, directory)
-        had = _lock(fd, _FLOCK, True, block, deadline, shown)
+        had = _lock(fd, FLOCK, True, block, deadline, shown)
         if strategy & RECORD_LOCK and had <= _WAITED:
-            had = max(had, _lock(fd, _RECORD, True, block, deadline, shown))
+            had = max(had, _lock(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
         if error.errno in _VANISHED:
             return _STALE  # opened through a stale cache entry: the file is gone
@@ -502,13 +474,13 @@ def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_
                 return ABSENT
             strategy = _strategy(fd, info.st_dev, directory)
             try:
-                if _lock(fd, _FLOCK, False, False, None, shown) > _WAITED:
+                if _lock(fd, FLOCK, False, False, None, shown) > _WAITED:
                     return ALIVE
             except OSError as error:
                 if error.errno in _VANISHED:
                     return ABSENT  # opened through a stale cache entry: the file is gone
                 raise
-            if strategy & RECORD_LOCK and _locked_elsewhere(fd):
+            if strategy & RECORD_LOCK and record_locked_elsewhere(fd):
                 return ALIVE
             if not (remove_dead and info.st_size == 0 and _is_name(os.path.basename(name))):
                 return DEAD

@@ -126,8 +126,33 @@ def _row_of_magic(magic: int) -> tuple[str, str, str, str] | None:
     return None
 
 
+_VERDICTS_SETTING = "TOIL_THREADING_LOCK_VERDICTS"
+_VERDICT_WORDS = (LOCAL, CLUSTER, NODE, REFUSED, UNKNOWN)
+
+
+def _site_verdicts() -> dict[str, tuple[str, str]]:
+    """What the site says of some mount types: TOIL_THREADING_LOCK_VERDICTS, a comma-
+    separated list of TYPE=FLOCK/POSIX (for example fuse.juicefs=cluster/cluster)."""
+    text = os.environ.get(_VERDICTS_SETTING, "")
+    found = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        mount_type, _, pair = item.partition("=")
+        flock, _, posix = pair.partition("/")
+        if not mount_type or flock not in _VERDICT_WORDS or posix not in _VERDICT_WORDS:
+            raise ValueError(
+                f"{_VERDICTS_SETTING}: {item!r} is not TYPE=FLOCK/POSIX with each of"
+                f" {', '.join(_VERDICT_WORDS)}"
+            )
+        found[mount_type] = (flock, posix)
+    return found
+
+
 def verdicts(mount_type: str, options: str, major: int) -> tuple[str, str, str, str]:
-    """(name, flock, posix, why) for a mount: its type's row, changed by its options."""
+    """(name, flock, posix, why) for a mount: what the site says of its type, else its
+    type's row, changed by its options."""
+    site = _site_verdicts().get(mount_type)
+    if site is not None:
+        return mount_type, site[0], site[1], f"as {_VERDICTS_SETTING} says of {mount_type}"
     row = _row_of_type(mount_type)
     if row is None:
         flock, posix, why = UNLISTED_ON_A_DISK if major != 0 else UNLISTED_ELSEWHERE
@@ -180,7 +205,7 @@ def filesystem_report(path: str, root: str = "/") -> FilesystemReport:
         resolved = os.path.realpath(path)
     else:
         magic = None
-        resolved = os.path.normpath("/" + path)
+        resolved = os.path.normpath(os.path.join("/", path))
     mounts = read_mounts(root)
     mount = mount_of(mounts, resolved) if mounts else None
     return _report(path, mount, magic)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from . import _impl
+
 
 class Mount:
     """One line of /proc/self/mountinfo, its escapes undone."""
@@ -46,11 +48,16 @@ def unescape(field: str) -> str:
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
-    """The mounts listed in a mountinfo text, in its order (a later one is mounted on top)."""
+    """The mounts listed in a mountinfo text, in its order (a later one is mounted on top).
+
+    Only newlines and spaces separate: the kernel escapes those (and tabs, backslashes)
+    in paths, but leaves other control characters, which str.split() would split on.
+    """
     mounts = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         before, separator, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
+        fields = [field for field in before.split(" ") if field]
+        tail = [field for field in after.split(" ") if field]
         if not separator or len(fields) < 6 or len(tail) < 2:
             continue
         major, _, minor = fields[2].partition(":")
@@ -75,10 +82,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
 def read_mounts(root: str = "/") -> list[Mount] | None:
     """The mounts this process sees (root/proc/self/mountinfo), None where there is none."""
     try:
-        with open(
-            os.path.join(root, "proc/self/mountinfo"), encoding="utf-8", errors="surrogateescape"
-        ) as mountinfo:
-            return parse_mountinfo(mountinfo.read())
+        return parse_mountinfo(_impl.core.read_text(os.path.join(root, "proc/self/mountinfo")))
     except OSError:
         return None
 

@@ -133,7 +133,15 @@ FILESYSTEMS = (
         "GlusterFS sends both kinds of lock to the bricks",
     ),
     ("GFS2", ("gfs2",), (0x01161970,), CLUSTER, CLUSTER, "GFS2 locks through the cluster's DLM"),
-    ("OCFS2", ("ocfs2",), (0x7461636F,), CLUSTER, CLUSTER, "OCFS2 locks through the cluster"),
+    (
+        "OCFS2",
+        ("ocfs2",),
+        (0x7461636F,),
+        CLUSTER,
+        NODE,
+        "OCFS2's own cluster stack (o2cb) locks flock across the cluster, record locks only"
+        " on each node",
+    ),
     (
         "SMB/CIFS",
         ("cifs", "smb3"),
@@ -197,11 +205,25 @@ OPTION_RULES = (
         "mounted localflocks, the cluster filesystem keeps all locks on this node",
     ),
     (
+        ("ocfs2",),
+        "cluster_stack=pcmk",
+        CLUSTER,
+        CLUSTER,
+        "OCFS2 on the Pacemaker stack locks both kinds across the cluster",
+    ),
+    (
+        ("ocfs2",),
+        "cluster_stack=cman",
+        CLUSTER,
+        CLUSTER,
+        "OCFS2 on the cman stack locks both kinds across the cluster",
+    ),
+    (
         ("cifs", "smb3"),
         "nobrl",
-        UNKNOWN,
         NODE,
-        "SMB mounted nobrl keeps record locks on this node",
+        NODE,
+        "SMB mounted nobrl keeps all locks on this node",
     ),
 )
 

@@ -1,0 +1,140 @@
+"""`toil-threading verify`: does each kind of lock exclude between two machines, really?
+
+One machine holds a scratch file in the directory with both kinds of lock (`hold`); the
+other tries to take each kind (`check`).  A lock the checker cannot take is one that
+excludes across the two.  The scratch file names its holder, so the checker can tell a
+live holder from a dead one's leftover; the holder removes it when done.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+
+from ._filesystems import FLOCK_AND_RECORD, REFUSE, filesystem_report
+from ._locks import FLOCK, RECORD, RECORD_LOCKS, lock_call, unlock_record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SCRATCH = "toil-threading-verify"
+_CREATE = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_BUSY = (errno.EAGAIN, errno.EACCES)
+
+
+class NoHolder(Exception):
+    """No live holder in the directory: nothing to check against."""
+
+
+def _take(fd: int, how: int, exclusive: bool) -> bool:
+    """Take a lock without waiting; False if someone holds it (OSError for other errors)."""
+    err = lock_call(fd, how, exclusive, False)
+    if err in _BUSY:
+        return False
+    if err:
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def _create(path: str) -> int:
+    """Create the scratch file; a leftover of a dead holder (nobody locks it) goes first."""
+    for _ in range(2):
+        try:
+            return os.open(path, _CREATE, 0o644)
+        except FileExistsError:
+            fd = os.open(path, _OPEN)
+            try:
+                if not _take(fd, FLOCK, True):
+                    raise OSError(errno.EBUSY, "another verify holds it", path) from None
+            finally:
+                os.close(fd)
+            os.unlink(path)
+    raise OSError(errno.EEXIST, "made again as fast as it was removed", path)
+
+
+def hold(directory: str, seconds: float) -> dict[str, Any]:
+    """Hold the scratch file with both kinds of lock for seconds; then remove it."""
+    path = os.path.join(directory, SCRATCH)
+    fd = _create(path)
+    try:
+        record = RECORD_LOCKS and _take(fd, RECORD, True)
+        if not _take(fd, FLOCK, True):
+            raise OSError(errno.EBUSY, "someone locked it as it was made", path)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": time.time(),
+            "until": time.time() + seconds,
+            "record_lock": record,
+        }
+        os.write(fd, json.dumps(holder).encode())
+        os.fsync(fd)
+        time.sleep(seconds)
+        return holder
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            if RECORD_LOCKS:
+                unlock_record(fd)
+            os.close(fd)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the holder the file names can still be holding it."""
+    if time.time() > float(holder.get("until", 0)):
+        return False
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return True
+
+
+def check(directory: str) -> dict[str, Any]:
+    """Try each kind of lock on the held scratch file; what excluded us, and is the
+    package's strategy for directory safe with that."""
+    path = os.path.join(directory, SCRATCH)
+    try:
+        fd = os.open(path, _OPEN)
+    except FileNotFoundError:
+        raise NoHolder(
+            f"no holder: start `toil-threading verify {directory} --hold 60`"
+            " on another machine first"
+        ) from None
+    try:
+        try:
+            holder: dict[str, Any] = json.loads(os.read(fd, 4096) or b"{}")
+        except ValueError:
+            holder = {}
+        if not holder or not _alive(holder):
+            raise NoHolder(f"{path} is a dead holder's leftover, or not written yet")
+        flock = not _take(fd, FLOCK, False)
+        posix: bool | None = None
+        if holder.get("record_lock"):
+            posix = not _take(fd, RECORD, False)
+    finally:
+        os.close(fd)  # lets go of whatever was taken
+    strategy = filesystem_report(directory).strategy
+    if strategy == REFUSE:
+        safe = False
+    elif strategy == FLOCK_AND_RECORD:
+        safe = flock or bool(posix)
+    else:
+        safe = flock
+    return {
+        "holder": holder,
+        "same_host": holder.get("host") == socket.gethostname(),
+        "flock": flock,
+        "posix": posix,
+        "strategy": strategy,
+        "safe": safe,
+    }
