@@ -100,6 +100,8 @@ cdef extern from "compat.h" nogil:
     unsigned long forks()
     int record_lock(int fd, int command, short kind)
     int record_locked_elsewhere(int fd)
+    int announce_waiting(int fd)
+    bint waiters_announced(int fd)
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
@@ -143,7 +145,8 @@ cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
 cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
 
 cdef int COMMON = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK
-cdef int CREATE = O_CREAT | O_WRONLY | COMMON
+# Read and write: a waiter announces itself with a read lock (see announce_waiting).
+cdef int CREATE = O_CREAT | O_RDWR | COMMON
 cdef int WRITE = O_WRONLY | COMMON
 cdef int PROBE = O_RDONLY | COMMON
 cdef int CLAIM = O_CREAT | O_EXCL | O_RDWR | COMMON
@@ -231,10 +234,11 @@ cdef int lock_call(int fd, How how, bint exclusive, bint wait) noexcept nogil:
 
 
 cdef int lock_fd(
-    int fd, How how, bint exclusive, bint block, object deadline, str path
+    int fd, How how, bint exclusive, bint block, object deadline, str path, bint announce=False
 ) except -1:
     """Take a lock with the package's policy (_retry.after_lock_call): HAD or WAITED once
-    had, or, without block, the errno saying it is busy."""
+    had, or, without block, the errno saying it is busy.  With announce, a wait is
+    announced first (announce_waiting), so the holder keeps the file for us."""
     cdef int err, step
     cdef bint wait = False
     cdef list counts = [0, 0]
@@ -246,6 +250,10 @@ cdef int lock_fd(
         if err == EINTR:
             check_signals()
             continue
+        if announce and block and (err == EAGAIN or err == EACCES):
+            announce = False
+            with nogil:
+                announce_waiting(fd)
         step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
         if step > 0:
             return step
@@ -341,13 +349,16 @@ cdef int strategy_of(int fd, dev_t device, str directory) except -2:
     return found
 
 
-cdef Sameness compare(int fd, int dir_fd, const char *name, int strategy, int *err) noexcept nogil:
+cdef Sameness compare(
+    int fd, int dir_fd, const char *name, int strategy, int *err, long *size=NULL
+) noexcept nogil:
     """Does name (relative to dir_fd) still name the locked file open at fd?
 
     On a local filesystem the locked descriptor answers: nobody unlinks a lock file but
     its holder, so a file with one link is still at its path.  A shared filesystem's
     cached attributes may lie, so there the path is opened afresh (which the server
     resolves) and compared.  Sets err when it cannot tell; a symlink is another file.
+    Where size is given, it gets the file's size.
     """
     cdef stat held, named
     cdef int named_fd, rc
@@ -356,6 +367,8 @@ cdef Sameness compare(int fd, int dir_fd, const char *name, int strategy, int *e
         if errno != ESTALE:
             err[0] = errno
         return GONE
+    if size != NULL:
+        size[0] = held.st_size
     if held.st_nlink == 0:
         return GONE
     if held.st_nlink == 1 and not strategy & SHARED:
@@ -436,7 +449,8 @@ cdef int lock_new(
 ) except -3:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
-    file is not worth keeping (the caller closes it and starts again)."""
+    file is not worth keeping (the caller closes it and starts again).  A wait on a local
+    filesystem is announced, so that the holder keeps the file for us."""
     cdef stat info
     cdef int rc, err = 0, strategy, had
     cdef Sameness sameness
@@ -452,7 +466,7 @@ cdef int lock_new(
         raise _retry.not_a_lock_file(shown)
     try:
         strategy = strategy_of(fd, info.st_dev, directory)
-        had = lock_fd(fd, FLOCK, True, block, deadline, shown)
+        had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0)
         if strategy & RECORD_LOCK and had <= WAITED:
             had = max(had, lock_fd(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
@@ -470,16 +484,21 @@ cdef int lock_new(
     return LOST if had == WAITED else STALE
 
 
-cdef int release_at(int fd, int dir_fd, bytes name, str shown, int strategy) except -1:
+cdef int release_at(
+    int fd, int dir_fd, bytes name, str shown, int strategy, bint keep_for_waiters=False
+) except -1:
     """Unlink the lock file if it is still ours, then let go of it: all of it before any
-    Python runs, so nothing can leave the lock held or the descriptor open."""
+    Python runs, so nothing can leave the lock held or the descriptor open.  With
+    keep_for_waiters, a file others announced they wait on stays, for them to lock."""
     cdef int err = 0, unlink_err = 0, failure
+    cdef long size = 0
     cdef Sameness sameness
     cdef const char *c_name = name
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, &err)
-        if sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
-            unlink_err = errno
+        sameness = compare(fd, dir_fd, c_name, strategy, &err, &size)
+        if sameness == SAME and not (keep_for_waiters and size > 0 and waiters_announced(fd)):
+            if unlinkat(dir_fd, c_name, 0) != 0:
+                unlink_err = errno
         failure = let_go(fd, strategy)
     if unlink_err == EPERM or unlink_err == EACCES:
         _retry.kept(shown, unlink_err)
@@ -573,7 +592,7 @@ cdef class HeldMutex:
         if self.forks != forks():
             close(fd)  # entered before the fork that made us: the lock is the parent's
             return 0
-        return release_at(fd, AT_FDCWD, self.name, self.path, self.strategy)
+        return release_at(fd, AT_FDCWD, self.name, self.path, self.strategy, self.strategy == 0)
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 
 /* Open-file-description record locks are Linux's; elsewhere the package never asks for
    one, and these make any call fail with EINVAL. */
@@ -35,6 +36,29 @@ static inline int record_lock(int fd, int command, short type) {
     lock.l_type = type;
     lock.l_whence = SEEK_SET;
     return fcntl(fd, command, &lock);
+}
+
+/* A process about to wait for a mutex on a local filesystem says so: a read lock on the
+   file's first byte, then a size of at least 1 so that a holder knows to look for such
+   locks.  A holder that finds one keeps the file at release instead of unlinking it from
+   under its waiters.  Best effort: -1 where it could not (a read-only file). */
+static inline int announce_waiting(int fd) {
+    struct flock lock = {0};
+    lock.l_type = F_RDLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_len = 1;
+    if (fcntl(fd, F_OFD_SETLK, &lock) != 0)
+        return -1;
+    return ftruncate(fd, 1);
+}
+
+/* Whether another open file description announced it waits on fd's file (see above). */
+static inline int waiters_announced(int fd) {
+    struct flock lock = {0};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_len = 1;
+    return fcntl(fd, F_OFD_GETLK, &lock) == 0 && lock.l_type != F_UNLCK;
 }
 
 /* Whether another open file description holds a record lock conflicting with a read

@@ -78,6 +78,51 @@ print(json.dumps({"acquired": acquired, "violations": violations, "exceptions": 
                   "first": first, "seconds": time.perf_counter() - started}), flush=True)
 """
 
+# Takes the mutex "shared" again and again for SECONDS, while the test SIGKILLs workers at
+# random (some while they hold it).  Inside, it writes its PID into BASE_DIR/occupant and
+# checks that nobody else is there: a PID found there that is alive means two holders at
+# once (a violation); a dead one's PID is what a holder killed inside leaves behind.
+#   CHAOS BASE_DIR SECONDS
+CHAOS = r"""
+import json, os, sys, time, toil_threading
+base_dir, seconds = sys.argv[1], float(sys.argv[2])
+occupant = os.path.join(base_dir, "occupant")
+me = os.getpid()
+violations = acquired = 0
+seen = []
+
+def alive(pid):
+    # A process killed inside lets go of its locks as it exits (PF_EXITING, 0x4, is set
+    # first), before it is a zombie: from then on it is no longer inside.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] not in ("Z", "X") and not int(fields[6]) & 0x4
+
+print("ready", flush=True)
+stop = time.monotonic() + seconds
+while time.monotonic() < stop:
+    with toil_threading.global_mutex(base_dir, "shared"):
+        acquired += 1
+        fd = os.open(occupant, os.O_RDWR | os.O_CREAT)
+        try:
+            there = os.pread(fd, 16, 0).strip()
+            if there and int(there) != me and alive(int(there)):
+                violations += 1
+                seen.append(f"{int(there)} inside as {me} came in")
+            os.pwrite(fd, b"%15d\n" % me, 0)
+            os.sched_yield()
+            if int(os.pread(fd, 16, 0)) != me:
+                violations += 1
+                seen.append(f"{int(os.pread(fd, 16, 0))} came in while {me} was inside")
+            os.pwrite(fd, b" " * 16, 0)
+        finally:
+            os.close(fd)
+print(json.dumps({"acquired": acquired, "violations": violations, "seen": seen}), flush=True)
+"""
+
 # Holds the mutex MUTEX, says "held", and lets go when a line (or the end) comes on stdin.
 #   MUTEX_HOLDER BASE_DIR MUTEX
 MUTEX_HOLDER = r"""

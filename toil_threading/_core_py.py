@@ -16,7 +16,15 @@ import sys
 import time
 
 from . import _retry
-from ._locks import FLOCK, RECORD, lock_call, record_locked_elsewhere, unlock_record
+from ._locks import (
+    FLOCK,
+    RECORD,
+    announce_waiting,
+    lock_call,
+    record_locked_elsewhere,
+    unlock_record,
+    waiters_announced,
+)
 from ._protocol import (
     ABSENT,
     ALIVE,
@@ -40,7 +48,8 @@ if TYPE_CHECKING:
 _VANISHED = (errno.ENOENT, errno.ESTALE)
 _REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
 _COMMON = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_CREATE = os.O_CREAT | os.O_WRONLY | _COMMON
+# Read and write: a waiter announces itself with a read lock (see announce_waiting).
+_CREATE = os.O_CREAT | os.O_RDWR | _COMMON
 _WRITE = os.O_WRONLY | _COMMON
 _PROBE = os.O_RDONLY | _COMMON
 _CLAIM = os.O_CREAT | os.O_EXCL | os.O_RDWR | _COMMON
@@ -72,16 +81,26 @@ if hasattr(os, "register_at_fork"):
 
 
 def _lock(
-    fd: int, how: int, exclusive: bool, block: bool, deadline: float | None, path: str | None
+    fd: int,
+    how: int,
+    exclusive: bool,
+    block: bool,
+    deadline: float | None,
+    path: str | None,
+    announce: bool = False,
 ) -> int:
     """Take a lock with the package's policy (_retry.after_lock_call): _HAD or _WAITED once
-    had, or, without block, the errno saying it is busy."""
+    had, or, without block, the errno saying it is busy.  With announce, a wait is
+    announced first (announce_waiting), so the holder keeps the file for us."""
     counts = [0, 0]
     wait = False
     while True:
         err = lock_call(fd, how, exclusive, wait)
         if err == 0:
             return _WAITED if wait or counts[1] else _HAD
+        if announce and block and err in (errno.EAGAIN, errno.EACCES):
+            announce = False
+            announce_waiting(fd)
         step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
         if step > 0:
             return step
@@ -258,14 +277,15 @@ def _lock_new(
 ) -> int:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or _LOST or _STALE when the
-    file is not worth keeping (the caller closes it and starts again)."""
+    file is not worth keeping (the caller closes it and starts again).  A wait on a local
+    filesystem is announced, so that the holder keeps the file for us."""
     shown = name if dir_fd is None else f"{directory}/{name}"
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _retry.not_a_lock_file(shown)
         strategy = _strategy(fd, info.st_dev, directory)
-        had = _lock(fd, FLOCK, True, block, deadline, shown)
+        had = _lock(fd, FLOCK, True, block, deadline, shown, strategy == 0)
         if strategy & RECORD_LOCK and had <= _WAITED:
             had = max(had, _lock(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
@@ -291,11 +311,20 @@ def _unlink(dir_fd: int | None, name: str) -> int:
     return 0
 
 
-def _release_at(fd: int, dir_fd: int | None, name: str, shown: str, strategy: int) -> None:
-    """Unlink the lock file if it is still ours, then let go of it (always)."""
+def _release_at(
+    fd: int,
+    dir_fd: int | None,
+    name: str,
+    shown: str,
+    strategy: int,
+    keep_for_waiters: bool = False,
+) -> None:
+    """Unlink the lock file if it is still ours, then let go of it (always).  With
+    keep_for_waiters, a file others announced they wait on stays, for them to lock."""
     try:
         sameness = _sameness(fd, dir_fd, name, strategy)
-        refused = _unlink(dir_fd, name) if sameness == _SAME else 0
+        kept = keep_for_waiters and os.fstat(fd).st_size > 0 and waiters_announced(fd)
+        refused = _unlink(dir_fd, name) if sameness == _SAME and not kept else 0
         if refused in _REFUSED_UNLINK:
             _retry.kept(shown, refused)
         elif refused:
@@ -366,7 +395,7 @@ class HeldMutex:
         if self._forks != _forks:
             _close(fd)  # entered before the fork that made us: the lock is the parent's
         else:
-            _release_at(fd, None, self._path, self._path, self._strategy)
+            _release_at(fd, None, self._path, self._path, self._strategy, self._strategy == 0)
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.

@@ -20,8 +20,9 @@ RECORD_LOCKS = hasattr(fcntl, "F_OFD_SETLK")
 _FLOCK_STRUCT = "hhqqi"
 
 
-def _record(kind: int) -> bytes:
-    return struct.pack(_FLOCK_STRUCT, kind, os.SEEK_SET, 0, 0, 0)
+def _record(kind: int, length: int = 0) -> bytes:
+    """A request for the first length bytes (0: the whole file)."""
+    return struct.pack(_FLOCK_STRUCT, kind, os.SEEK_SET, 0, length, 0)
 
 
 def lock_call(fd: int, how: int, exclusive: bool, wait: bool) -> int:
@@ -36,6 +37,29 @@ def lock_call(fd: int, how: int, exclusive: bool, wait: bool) -> int:
     except OSError as error:
         return error.errno or errno.EIO
     return 0
+
+
+# A process about to wait for a mutex on a local filesystem says so: a read lock on the
+# file's first byte, then a size of at least 1 so that a holder knows to look for such
+# locks.  A holder that finds one keeps the file at release instead of unlinking it from
+# under its waiters.
+
+
+def announce_waiting(fd: int) -> None:
+    """Best effort: nothing happens where it cannot be said (a read-only file)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _record(fcntl.F_RDLCK, 1))
+        os.ftruncate(fd, 1)
+    except OSError:
+        pass
+
+
+def waiters_announced(fd: int) -> bool:
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _record(fcntl.F_WRLCK, 1))
+    except OSError:
+        return False
+    return bool(struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK)
 
 
 def unlock_record(fd: int) -> None:
