@@ -10,6 +10,7 @@ import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 PURE = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
 STRICT = os.environ.get("CIBUILDWHEEL") == "1"
@@ -43,6 +44,19 @@ class BuildExtOrFallBack(build_ext):
             fall_back_to_pure(error)
 
 
+class BuildPyWithStartup(build_py):
+    """Also put the Toil switch at the top of site-packages: a .pth file (read by every
+    interpreter at start) and the small module it imports when TOIL_THREADING_FOR_TOIL=1.
+    Package data cannot go there, so they are copied beside the package."""
+
+    STARTUP = ("toil_threading_for_toil.py", "toil_threading_for_toil.pth")
+
+    def run(self) -> None:
+        super().run()
+        for name in self.STARTUP:
+            self.copy_file(os.path.join("toil_threading", "_startup", name), self.build_lib)
+
+
 def extensions() -> list[Extension]:
     if PURE or sys.implementation.name != "cpython" or sys.platform == "win32":
         return []
@@ -58,4 +72,7 @@ def extensions() -> list[Extension]:
         return []
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtOrFallBack})
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtOrFallBack, "build_py": BuildPyWithStartup},
+)

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     ACCELERATED: bool
     logger: logging.Logger
 
+__version__ = "0.2.0"
+
 __all__ = [
     "ACCELERATED",
     "CpuCount",
@@ -65,6 +67,7 @@ __all__ = [
     "filesystem_report",
     "get_process_name",
     "global_mutex",
+    "install_into_toil",
     "lock_retry_policy",
     "locked_file_is",
     "logger",
@@ -271,6 +274,20 @@ def global_mutex(
     _checks.name(mutex, "mutex name", len(MUTEX_PREFIX))
     _checks.seconds(timeout, "timeout")
     return _impl.core.HeldMutex(base_dir, MUTEX_PREFIX + mutex, timeout)
+
+
+def install_into_toil() -> None:
+    """Make Toil's toil.lib.threading run on this package, in this process.
+
+    Every name Toil's module shares with this package becomes this package's (Toil's
+    `logger`, `time` and whatever else this package does not have stay Toil's), before or
+    after Toil is imported; the package then logs as `toil.lib.threading`.  Calling it
+    again does nothing; ModuleNotFoundError when Toil is not installed.  To do this in
+    every process of a Toil run, set TOIL_THREADING_FOR_TOIL=1 (see the README).
+    """
+    from ._toil import install_into_toil
+
+    install_into_toil()
 
 
 def get_process_name(base_dir: StrPath) -> str:

@@ -70,13 +70,14 @@ def destroy_all_process_names() -> None:
 
     Registered to run at exit.  Assumes nobody else in this process races with it.
     """
+    collect_process_name_garbage()  # names whose directory was cleaned up: nothing to remove
     for base_dir, name in list(current_process_name_for.items()):
         fd = _name_fds.pop(base_dir, -1)
         if fd >= 0:
             try:
                 _impl.core.release(fd, base_dir, name)
             except OSError:
-                pass  # its directory is gone or unreadable: nothing of ours left to remove
+                pass  # its directory is unreadable now: nothing of ours can be removed
     _forget_names()
 
 

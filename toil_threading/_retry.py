@@ -23,6 +23,9 @@ from ._protocol import (
     VANISHED_TRIES,
 )
 
+# The logger records go to; install_into_toil() makes it Toil's module's.
+logger_name = LOGGER_NAME
+
 # (max_tries, backoff, max_backoff) for EIO and ENOLCK; the facade validates changes.
 policy: tuple[int, float, float] = DEFAULT_RETRY_POLICY
 
@@ -45,7 +48,7 @@ def log(level: int, message: str, *args: object) -> None:
         return
     import logging
 
-    logging.getLogger(LOGGER_NAME).log(level, message, *args)
+    logging.getLogger(logger_name).log(level, message, *args)
 
 
 def error(err: int, path: str | None) -> OSError:

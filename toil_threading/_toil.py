@@ -1,0 +1,125 @@
+"""Running Toil on this package: install_into_toil().
+
+Toil's own module stays (its imports, its `time`, its `logger`, anything this package
+does not have); each name it shares with this package is replaced by this package's.
+If toil.lib.threading is already imported, that happens at once, and the copies other
+modules took with `from toil.lib.threading import X` are replaced too; otherwise a finder
+first on sys.meta_path does it as Toil's module is imported, before anyone can take a
+copy.  The package's log records then go to the logger `toil.lib.threading`, which Toil's
+logging configuration shows (it silences loggers outside `toil`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from . import _retry
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any
+
+TOIL_MODULE = "toil.lib.threading"
+# Toil's attributes that stay Toil's although the package has a name like them.
+KEPT = frozenset({"logger"})
+
+
+def _patch(module: ModuleType) -> dict[str, tuple[object, object]]:
+    """Put the package's objects into Toil's module; {name: (Toil's, ours)} replaced."""
+    import toil_threading
+
+    if module.__dict__.get("__toil_threading__") is toil_threading:
+        return {}
+    ours = set(toil_threading.__all__) - KEPT
+    replaced = {}
+    for name in sorted(ours & set(module.__dict__)):
+        old, new = module.__dict__[name], getattr(toil_threading, name)
+        if old is not new:
+            replaced[name] = (old, new)
+            setattr(module, name, new)
+    module.__dict__["__toil_threading__"] = toil_threading
+    _retry.logger_name = TOIL_MODULE
+    toils_own = sorted(
+        name
+        for name, value in module.__dict__.items()
+        if not name.startswith("_") and name not in ours and not isinstance(value, type(sys))
+    )
+    _retry.log(
+        10,
+        "%s runs on toil_threading %s; Toil's own kept: %s",
+        TOIL_MODULE,
+        "(compiled core)" if toil_threading.ACCELERATED else "(pure-Python core)",
+        ", ".join(toils_own) or "nothing",
+    )
+    return replaced
+
+
+class _PatchingLoader:
+    """Toil's loader, followed by the patch: Toil's module runs as always first."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__dict__.pop("__toil_threading__", None)  # importlib.reload() comes here too
+        self._loader.exec_module(module)
+        _patch(module)
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
+        return getattr(self._loader, name)
+
+
+class _Finder:
+    """First on sys.meta_path: finds toil.lib.threading with the finders after it, and
+    hands it out with a loader that patches it."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != TOIL_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if isinstance(finder, _Finder) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and not isinstance(spec.loader, _PatchingLoader):
+                    spec.loader = _PatchingLoader(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
+
+
+def install_into_toil() -> None:
+    """Make Toil's toil.lib.threading run on this package, in this process.
+
+    Works before or after Toil's module is imported; calling it again does nothing.
+    Raises ModuleNotFoundError when Toil is not installed.
+    """
+    if importlib.util.find_spec("toil") is None:
+        raise ModuleNotFoundError(
+            "install_into_toil(): Toil is not installed here (no module named 'toil')",
+            name="toil",
+        )
+    module = sys.modules.get(TOIL_MODULE)
+    if module is None:
+        if not any(isinstance(finder, _Finder) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _Finder())
+        return
+    # Imported already: patch it now, and the copies other modules took of its names.
+    # (Values Toil computed from them at import, like a class attribute holding
+    # cpu_count(), keep what they got.)
+    replaced = _patch(module)
+    for other in list(sys.modules.values()):
+        namespace = getattr(other, "__dict__", None)
+        if other is module or not isinstance(namespace, dict):
+            continue
+        for name, (old, new) in replaced.items():
+            if namespace.get(name) is old:
+                namespace[name] = new
