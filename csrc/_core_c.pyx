@@ -98,6 +98,7 @@ cdef extern from "compat.h" nogil:
     int F_OFD_SETLKW
     int count_forks()
     unsigned long forks()
+    unsigned long forks_of_ours()
     int record_lock(int fd, int command, short kind)
     int record_locked_elsewhere(int fd)
     int announce_waiting(int fd)
@@ -260,13 +261,17 @@ cdef int lock_fd(
         wait = wait or step == WAIT_IN_KERNEL
 
 
-cdef int let_go(int fd, int strategy) noexcept nogil:
+cdef int let_go(int fd, int strategy, bint sole=False) noexcept nogil:
     """Let go of every lock on fd and close it; the errno worth reporting, or 0.
 
     Closing releases the locks anyway, so an unlock failing with EIO/ENOLCK (lock daemon
     trouble) or ESTALE is not an error; close frees the descriptor whatever it returns.
+    A descriptor no other process shares (sole) is only closed: that alone lets its locks
+    go, with one system call fewer.
     """
     cdef int failure = 0
+    if sole:
+        return EBADF if close(fd) != 0 and errno == EBADF else 0
     if strategy & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
         failure = errno
     if flock(fd, LOCK_UN) != 0 and not failure:
@@ -485,11 +490,14 @@ cdef int lock_new(
 
 
 cdef int release_at(
-    int fd, int dir_fd, bytes name, str shown, int strategy, bint keep_for_waiters=False
+    int fd, int dir_fd, bytes name, str shown, int strategy, bint keep_for_waiters=False,
+    bint sole=False
 ) except -1:
     """Unlink the lock file if it is still ours, then let go of it: all of it before any
     Python runs, so nothing can leave the lock held or the descriptor open.  With
-    keep_for_waiters, a file others announced they wait on stays, for them to lock."""
+    keep_for_waiters, a file others announced they wait on stays, for them to lock; a sole
+    descriptor is only closed (see let_go).  shown names the file in messages (None: name,
+    decoded, does)."""
     cdef int err = 0, unlink_err = 0, failure
     cdef long size = 0
     cdef Sameness sameness
@@ -499,7 +507,9 @@ cdef int release_at(
         if sameness == SAME and not (keep_for_waiters and size > 0 and waiters_announced(fd)):
             if unlinkat(dir_fd, c_name, 0) != 0:
                 unlink_err = errno
-        failure = let_go(fd, strategy)
+        failure = let_go(fd, strategy, sole)
+    if shown is None and (err or unlink_err or failure or sameness != SAME):
+        shown = PyUnicode_DecodeFSDefaultAndSize(c_name, len(name))
     if unlink_err == EPERM or unlink_err == EACCES:
         _retry.kept(shown, unlink_err)
         unlink_err = 0
@@ -533,18 +543,20 @@ cdef class HeldMutex:
     """
     cdef readonly str base_dir, filename
     cdef object timeout
-    cdef str path
     cdef bytes name
     cdef int fd, strategy
-    cdef unsigned long forks
+    cdef unsigned long forks, forks_made
 
     def __cinit__(self):
         self.fd = -1
 
     def __init__(self, str base_dir, str filename, object timeout):
         self.base_dir, self.filename, self.timeout = base_dir, filename, timeout
-        self.path = f"{base_dir}/{filename}"
         self.name = encoded(base_dir, filename)
+
+    cdef str path(self):
+        """The mutex file's path, for messages (made only when one is needed)."""
+        return f"{self.base_dir}/{self.filename}"
 
     def __enter__(self):
         cdef int fd, strategy = 0, stale = 0
@@ -560,9 +572,9 @@ cdef class HeldMutex:
                 quick = quick_lock(fd, &info)
         while not quick:
             if fd < 0:
-                fd = open_lock_file(self.base_dir, self.path, self.name, deadline)
+                fd = open_lock_file(self.base_dir, self.path(), self.name, deadline)
             try:
-                strategy = lock_new(fd, self.base_dir, self.name, self.path, AT_FDCWD, True, deadline)
+                strategy = lock_new(fd, self.base_dir, self.name, self.path(), AT_FDCWD, True, deadline)
             except BaseException:
                 close(fd)
                 raise
@@ -574,8 +586,8 @@ cdef class HeldMutex:
             fd = -1
             stale = stale + 1 if strategy == STALE else 0
             if stale:
-                _retry.vanished(ESTALE, stale, deadline, self.base_dir, self.path)
-        self.fd, self.strategy, self.forks = fd, strategy, forks()
+                _retry.vanished(ESTALE, stale, deadline, self.base_dir, self.path())
+        self.fd, self.strategy, self.forks, self.forks_made = fd, strategy, forks(), forks_of_ours()
 
     def __exit__(self, exc_type, exc, traceback):
         if self.fd < 0:
@@ -588,11 +600,16 @@ cdef class HeldMutex:
 
     cdef int end_hold(self) except -1:
         cdef int fd = self.fd
+        cdef bint local, sole
         self.fd = -1
         if self.forks != forks():
             close(fd)  # entered before the fork that made us: the lock is the parent's
             return 0
-        return release_at(fd, AT_FDCWD, self.name, self.path, self.strategy, self.strategy == 0)
+        # On a local filesystem: keep the file for announced waiters; and with no fork since
+        # we took it, our descriptor is the only one, so closing it lets the lock go.
+        local = self.strategy == 0
+        sole = local and self.forks_made == forks_of_ours()
+        return release_at(fd, AT_FDCWD, self.name, None, self.strategy, local, sole)
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.

@@ -23,12 +23,19 @@
 
 static inline void clear_errno(void) { errno = 0; }
 
-/* Forks this process came through: a lock entered before the fork that made this process
-   belongs to its parent, which this process must never release. */
-static unsigned long forks_seen;
-static void count_fork(void) { forks_seen++; }
-static inline int count_forks(void) { return pthread_atfork(NULL, NULL, count_fork); }
+/* Forks this process came through (forks_seen, counted in each child): a lock entered
+   before the fork that made this process belongs to its parent, which this process must
+   never release.  Forks this process made (forks_made, counted before each): a lock
+   entered before one may be shared with a child, so closing our descriptor would not
+   release it; with none, it is ours alone. */
+static unsigned long forks_seen, forks_made;
+static void count_fork_seen(void) { forks_seen++; }
+static void count_fork_made(void) { forks_made++; }
+static inline int count_forks(void) {
+    return pthread_atfork(count_fork_made, NULL, count_fork_seen);
+}
 static inline unsigned long forks(void) { return forks_seen; }
+static inline unsigned long forks_of_ours(void) { return forks_made; }
 
 /* A whole-file record lock request of the given type (F_RDLCK, F_WRLCK, F_UNLCK). */
 static inline int record_lock(int fd, int command, short type) {

@@ -20,7 +20,7 @@ from conftest import (
     python_with_core,
     wait_until_blocked,
 )
-from workers import HAMMER, MUTEX_HOLDER, expect_line, kill_all, report, start
+from workers import HAMMER, MUTEX_HOLDER, expect_line, kill_all, report, said, say, start
 
 import toil_threading
 
@@ -416,3 +416,72 @@ def test_bad_retry_environment_is_named(core: str, variable: str, value: str) ->
     _, err = child.communicate(timeout=30)
     assert child.returncode != 0
     assert "ValueError" in err and "TOIL_THREADING_LOCK_" in err
+
+
+FORK_WHILE_HELD = """
+import os, sys, time, toil_threading
+base_dir = sys.argv[1]
+with toil_threading.global_mutex(base_dir, "m"):
+    child = os.fork()
+    if child == 0:
+        # The child inherited the held descriptor: it stays alive, holding its copy.
+        time.sleep(float(sys.argv[2]))
+        os._exit(0)
+    print("forked", child, flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+@linux_only
+def test_a_fork_while_held(core: str, shm_dir: Path) -> None:
+    """The parent lets the mutex go at the end of its block although a forked child still
+    has the descriptor open; the child's own end of the block lets nothing go."""
+    holder = start(FORK_WHILE_HELD, shm_dir, 30, core=core)
+    child = 0
+    try:
+        child = int(said(holder).split()[1])
+        with pytest.raises(TimeoutError), toil_threading.global_mutex(shm_dir, "m", timeout=0.2):
+            pass
+        say(holder)
+        expect_line(holder, "released")
+        os.kill(child, 0)  # the child, with its copy of the descriptor, is still alive
+        with toil_threading.global_mutex(shm_dir, "m", timeout=5):
+            pass
+    finally:
+        if child:  # first: it shares the holder's output pipe
+            os.kill(child, signal.SIGKILL)
+        kill_all([holder])
+
+
+FORKED_CHILD_LEAVES = """
+import os, sys, toil_threading
+base_dir = sys.argv[1]
+held = toil_threading.global_mutex(base_dir, "m")
+held.__enter__()
+child = os.fork()
+if child == 0:
+    held.__exit__(None, None, None)  # not the child's to let go
+    os._exit(0)
+os.waitpid(child, 0)
+print("child left", flush=True)
+sys.stdin.readline()
+held.__exit__(None, None, None)
+print("released", flush=True)
+"""
+
+
+@linux_only
+def test_a_forked_child_never_lets_its_parents_mutex_go(core: str, shm_dir: Path) -> None:
+    holder = start(FORKED_CHILD_LEAVES, shm_dir, core=core)
+    try:
+        expect_line(holder, "child left")
+        assert (shm_dir / "toil-mutex-m").exists(), "the child unlinked its parent's mutex file"
+        with pytest.raises(TimeoutError), toil_threading.global_mutex(shm_dir, "m", timeout=0.2):
+            pass
+        say(holder)
+        expect_line(holder, "released")
+    finally:
+        kill_all([holder])
+    assert os.listdir(shm_dir) == []

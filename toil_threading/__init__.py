@@ -270,10 +270,21 @@ def global_mutex(
     TimeoutError if not had in time.  A held mutex dropped without exiting is released
     when collected.
     """
-    base_dir = _checks.directory(base_dir)
-    _checks.name(mutex, "mutex name", len(MUTEX_PREFIX))
-    _checks.seconds(timeout, "timeout")
-    return _impl.core.HeldMutex(base_dir, MUTEX_PREFIX + mutex, timeout)
+    # The round trip is hot: a mutex name checked once is not checked again (its file name
+    # is remembered), and a plain non-empty str base_dir needs no work.
+    filename = _mutex_files.get(mutex) if type(mutex) is str else None
+    if filename is None:
+        _checks.name(mutex, "mutex name", len(MUTEX_PREFIX))
+        filename = _checks.remember(_mutex_files, mutex, MUTEX_PREFIX + mutex)
+    if type(base_dir) is not str or not base_dir:
+        base_dir = _checks.directory(base_dir)
+    if timeout is not None:
+        _checks.seconds(timeout, "timeout")
+    return _impl.core.HeldMutex(base_dir, filename, timeout)
+
+
+# The file name of each mutex name already checked.
+_mutex_files: dict[str, str] = {}
 
 
 def install_into_toil() -> None:

@@ -37,6 +37,15 @@ def name(value: str, what: str, extra: int) -> None:
         raise ValueError(f"{what} {value!r} is too long for a file name ({NAME_MAX} bytes)")
 
 
+def remember(checked: dict[str, str], value: str, result: str) -> str:
+    """Note what a checked value gave, in a table kept small: a process using endless
+    names forgets the old ones."""
+    if len(checked) >= 256:
+        checked.clear()
+    checked[value] = result
+    return result
+
+
 def seconds(value: float | None, what: str, *, allow_none: bool = True) -> None:
     """Refuse a number of seconds the cores cannot represent."""
     if value is None and allow_none:

@@ -63,9 +63,12 @@ _HAD, _WAITED = 0, 1
 # found gone or changed at once, as a shared filesystem's stale cache makes it (_STALE).
 _LOST, _STALE = -1, -2
 
-# Counts the forks this process came through: a lock entered before the fork that made
-# this process is its parent's, which this process must never release.
+# Forks this process came through (counted in each child): a lock entered before the fork
+# that made this process belongs to its parent, which this process must never release.
+# Forks this process made (counted before each): a lock entered before one may be shared
+# with a child, so closing our descriptor would not release it; with none, it is ours.
 _forks = 0
+_forks_made = 0
 
 
 def _count_fork() -> None:
@@ -73,8 +76,13 @@ def _count_fork() -> None:
     _forks += 1
 
 
+def _count_fork_made() -> None:
+    global _forks_made
+    _forks_made += 1
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_count_fork)
+    os.register_at_fork(before=_count_fork_made, after_in_child=_count_fork)
 
 
 # Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
@@ -107,11 +115,16 @@ def _lock(
         wait = wait or step == _retry.WAIT
 
 
-def _unlock_and_close(fd: int, strategy: int) -> None:
+def _unlock_and_close(fd: int, strategy: int, sole: bool = False) -> None:
     """Let go of every lock on fd and close it.  Closing releases the locks anyway, so an
     unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an error; close
-    frees the descriptor whatever it returns."""
+    frees the descriptor whatever it returns.  A descriptor no other process shares (sole)
+    is only closed: that alone lets its locks go, with one system call fewer."""
     failure = 0
+    if sole:
+        if _close(fd):
+            raise _retry.error(errno.EBADF, None)
+        return
     try:
         if strategy & RECORD_LOCK:
             unlock_record(fd)
@@ -318,9 +331,11 @@ def _release_at(
     shown: str,
     strategy: int,
     keep_for_waiters: bool = False,
+    sole: bool = False,
 ) -> None:
     """Unlink the lock file if it is still ours, then let go of it (always).  With
-    keep_for_waiters, a file others announced they wait on stays, for them to lock."""
+    keep_for_waiters, a file others announced they wait on stays, for them to lock; a sole
+    descriptor is only closed (see _unlock_and_close)."""
     try:
         sameness = _sameness(fd, dir_fd, name, strategy)
         kept = keep_for_waiters and os.fstat(fd).st_size > 0 and waiters_announced(fd)
@@ -332,7 +347,7 @@ def _release_at(
         if sameness != _SAME:
             _retry.lost(shown, sameness == _REPLACED)
     finally:
-        _unlock_and_close(fd, strategy)
+        _unlock_and_close(fd, strategy, sole)
 
 
 class HeldMutex:
@@ -341,7 +356,16 @@ class HeldMutex:
     Dropped while entered (never exited), it lets the mutex go when collected.
     """
 
-    __slots__ = ("_base_dir", "_fd", "_filename", "_forks", "_path", "_strategy", "_timeout")
+    __slots__ = (
+        "_base_dir",
+        "_fd",
+        "_filename",
+        "_forks",
+        "_forks_made",
+        "_path",
+        "_strategy",
+        "_timeout",
+    )
 
     def __init__(self, base_dir: str, filename: str, timeout: float | None) -> None:
         self._fd = -1
@@ -349,7 +373,7 @@ class HeldMutex:
         self._path = f"{base_dir}/{filename}"
         if "\0" in self._path:
             raise ValueError(f"embedded null byte in path {self._path!r}")
-        self._strategy = self._forks = 0
+        self._strategy = self._forks = self._forks_made = 0
 
     @property
     def base_dir(self) -> str:
@@ -372,7 +396,8 @@ class HeldMutex:
                 _close(fd)
                 raise
             if strategy >= 0:
-                self._fd, self._strategy, self._forks = fd, strategy, _forks
+                self._fd, self._strategy = fd, strategy
+                self._forks, self._forks_made = _forks, _forks_made
                 return
             # The previous holder unlinked (or someone replaced) the file while we waited;
             # or a stale cache showed us a file already gone: then pause, within bounds.
@@ -395,7 +420,11 @@ class HeldMutex:
         if self._forks != _forks:
             _close(fd)  # entered before the fork that made us: the lock is the parent's
         else:
-            _release_at(fd, None, self._path, self._path, self._strategy, self._strategy == 0)
+            # On a local filesystem: keep the file for announced waiters; and with no fork
+            # since we took it, our descriptor is the only one: closing it lets the lock go.
+            local = self._strategy == 0
+            sole = local and self._forks_made == _forks_made
+            _release_at(fd, None, self._path, self._path, self._strategy, local, sole)
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.
