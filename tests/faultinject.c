@@ -5,6 +5,7 @@
  *   FAULT_FLOCK_PATH   substring of the /proc/self/fd/N target of affected files
  *   FAULT_FLOCK_ERRNO  errno to inject (e.g. 5 EIO, 37 ENOLCK, 4 EINTR, 12 ENOMEM)
  *   FAULT_FLOCK_TIMES  lock requests that fail before the real flock runs; -1: all
+ *   FAULT_FLOCK_UNLOCK if set, unlocks (LOCK_UN) fail too; otherwise they always go through
  *   FAULT_FS_TYPE      if set, statfs/fstatfs of affected files report this f_type
  *                      (e.g. 0xc36400, Ceph), to test refusals without that filesystem
  *
@@ -65,8 +66,10 @@ int flock(int fd, int op)
         errno = ENOSYS;
         return -1;
     }
-    /* Unlocks always go through: a test must be able to release what it got. */
-    if ((op & LOCK_UN) || !marker || !*marker || !code || !targeted(fd, marker))
+    /* Unlocks go through unless asked: a test must be able to release what it got. */
+    int unlock_faults = getenv("FAULT_FLOCK_UNLOCK") != NULL;
+    if (((op & LOCK_UN) && !unlock_faults) || !marker || !*marker || !code ||
+        !targeted(fd, marker))
         return real(fd, op);
 
     long times = times_text ? strtol(times_text, NULL, 10) : -1;

@@ -343,3 +343,26 @@ print(sorted(os.listdir({str(base)!r})), len(os.listdir("/proc/self/fd")) < 64)
     assert logged(err, "ERROR") == [], "flock was attempted on Ceph"
     # An empty mutex file may be left (the check runs on the opened file), never locked.
     assert out.splitlines()[2] in ("[] True", "['toil-mutex-job'] True")
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOLCK])
+def test_unlock_failing_still_closes(
+    core: str, faultlib: str, marker: str, tmp_path: Path, err: int
+) -> None:
+    # Toil's own tests check this with mocks, which only the pure core can see.
+    path = open_target(tmp_path, marker)
+    env = fault_env(faultlib, marker, err, -1)
+    env["FAULT_FLOCK_UNLOCK"] = "1"
+    code = f"""
+fd = os.open({str(path)!r}, os.O_RDWR)
+toil_threading.safe_unlock_and_close(fd)
+try:
+    os.fstat(fd)
+    print("still open", flush=True)
+except OSError as error:
+    print("closed" if error.errno == errno.EBADF else error, flush=True)
+"""
+    with spawn(core, code, env) as proc:
+        out, err_text = finish(proc)
+    assert proc.returncode == 0, err_text
+    assert out.strip() == "closed"

@@ -131,7 +131,8 @@ def _unlock_and_close(fd: int, strategy: int, sole: bool = False) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError as error:
         failure = error.errno or errno.EIO
-    failure = failure or _close(fd)
+    closed = _close(fd)  # whatever the unlock did
+    failure = failure or closed
     if failure and failure not in (errno.EIO, errno.ENOLCK, errno.ESTALE):
         raise _retry.error(failure, None)
 
