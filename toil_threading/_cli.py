@@ -91,22 +91,36 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 1 if found.held else 0
 
 
-def _cpus(count: int | None) -> str:
-    return "-" if count is None else str(count)
-
-
 def _run_cpus(args: argparse.Namespace) -> int:
-    answer = toil_threading.explain_cpu_count()  # what cpu_count() works out, and caches
+    # What cpu_count() works out (and keeps), or what a captured system under --root says.
+    answer = toil_threading.explain_cpu_count(args.root)
+    decision = answer.decision
     if args.json:
         limits = [
-            {"source": source, "cpus": cpus, "detail": detail}
-            for source, cpus, detail in answer.limits
+            {
+                "source": limit.source,
+                "cpus": limit.cpus,
+                "detail": limit.detail,
+                "decided": limit is decision,
+            }
+            for limit in answer.limits
         ]
-        print(json.dumps({"cpus": answer.count, "limits": limits}, indent=2))
+        report = {
+            "cpus": answer.count,
+            "decided_by": answer.decided_by,
+            "sources": answer.sources,
+            "limits": limits,
+        }
+        print(json.dumps(report, indent=2))
     elif args.explain:
-        print(f"cpu_count: {answer.count} (the smallest limit, at least 1)")
+        plural = "CPU" if answer.count == 1 else "CPUs"
+        print(f"cpu_count: {answer.count} {plural}, decided by {answer.decided_by or 'no source'}")
         rows: list[tuple[str, ...]] = [("SOURCE", "CPUS", "DETAIL")]
-        rows += [(limit.source, _cpus(limit.cpus), limit.detail) for limit in answer.limits]
+        for limit in answer.limits:
+            star = "*" if limit is decision else ""  # the row that decided
+            rows.append(
+                (limit.source, "-" if limit.cpus is None else f"{limit.cpus}{star}", limit.detail)
+            )
         _print_table(rows)
     else:
         print(answer.count)
@@ -251,18 +265,30 @@ def _parser() -> argparse.ArgumentParser:
     cpus = commands.add_parser(
         "cpus",
         help="print what cpu_count() answers, and with --explain why",
-        description=(
-            "Print the number of whole CPUs this process may use, as cpu_count() works it out."
-        ),
+        description="Print the number of whole CPUs this process may use, as cpu_count() works"
+        " it out: PYTHON_CPU_COUNT or -X cpu_count where one is set, otherwise the smallest of"
+        " the online CPUs, the affinity mask, the CPU quota of each cgroup level and a batch"
+        " scheduler's allocation on this host (Slurm, PBS/Torque, Grid Engine, LSF, HTCondor).",
     )
     cpus.add_argument(
         "--explain",
         action="store_true",
-        help=(
-            "also list each limit considered (machine, affinity, each cgroup level) and its source"
-        ),
+        help="also list every source considered, the figure each gave and what it came from;"
+        " the deciding one is starred",
     )
-    cpus.add_argument("--json", action="store_true", help="print JSON (the answer and every limit)")
+    cpus.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: the answer, the deciding source, each source's figure, every limit",
+    )
+    cpus.add_argument(
+        "--root",
+        default="/",
+        metavar="DIR",
+        help="explain a system captured under DIR (its proc/self, proc/sys/kernel/hostname,"
+        " sys/devices/system/cpu/online, cgroup mounts and scheduler files) instead of this"
+        " process",
+    )
     cpus.set_defaults(run=_run_cpus, parser=cpus)
 
     fs = commands.add_parser(
