@@ -14,7 +14,6 @@ from libc.string cimport memchr, memcpy, strrchr
 from os import urandom
 from sys import getfilesystemencodeerrors, getfilesystemencoding
 
-from toil_threading import _retry
 from toil_threading import _protocol as protocol
 
 
@@ -140,10 +139,23 @@ cdef int ALIVE = protocol.ALIVE
 cdef int DEAD = protocol.DEAD
 cdef int REMOVED = protocol.REMOVED
 cdef int DENIED = protocol.DENIED
-cdef int WAIT_IN_KERNEL = _retry.WAIT
+cdef int WAIT_IN_KERNEL = protocol.WAIT
 cdef int NAME_LENGTH = protocol.NAME_LENGTH
 cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
 cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
+
+# toil_threading._retry, imported on the first failure: a process that never meets one
+# (most of them) does not pay for importing it at start-up.
+cdef object retry = None
+
+
+cdef object retry_module():
+    global retry
+    if retry is None:
+        from toil_threading import _retry as module
+        retry = module
+    return retry
+
 
 cdef int COMMON = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK
 # Read and write: a waiter announces itself with a read lock (see announce_waiting).
@@ -255,7 +267,7 @@ cdef int lock_fd(
             announce = False
             with nogil:
                 announce_waiting(fd)
-        step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
+        step = retry_module().after_lock_call(err, block, deadline, path, fd, counts)
         if step > 0:
             return step
         wait = wait or step == WAIT_IN_KERNEL
@@ -288,14 +300,14 @@ cdef int unlock_close(int fd, int strategy) except -1:
     with nogil:
         failure = let_go(fd, strategy)
     if failure:
-        raise _retry.error(failure, None)
+        raise retry_module().error(failure, None)
     return 0
 
 
 def lock(int fd, bint block, bint shared, object deadline, object path):
     cdef int err = lock_fd(fd, FLOCK, not shared, block, deadline, path)
     if err > WAITED:
-        raise _retry.error(err, path)
+        raise retry_module().error(err, path)
 
 
 def unlock_and_close(int fd):
@@ -318,7 +330,7 @@ def fs_magic(object target):
         with nogil:
             rc = c_statfs(c_path, &info)
     if rc != 0:
-        raise _retry.error(errno, None if isinstance(target, int) else target)
+        raise retry_module().error(errno, None if isinstance(target, int) else target)
     return info.f_type
 
 
@@ -401,11 +413,11 @@ def same_file(int fd, str path):
     cdef Sameness sameness
     cdef stat info
     if c_fstat(fd, &info) != 0:  # the descriptor is at fault, not the path
-        raise _retry.error(errno, None)
+        raise retry_module().error(errno, None)
     with nogil:
         sameness = compare(fd, AT_FDCWD, c_name, SHARED, &err)
     if err:
-        raise _retry.error(err, path)
+        raise retry_module().error(err, path)
     return sameness == SAME
 
 
@@ -436,17 +448,17 @@ cdef int open_lock_file(str directory, str path, bytes name, object deadline) ex
             # or the file went away in between; creating once more tells which.
             tries += 1
             if tries > 1:
-                raise _retry.error(EACCES, path)
+                raise retry_module().error(EACCES, path)
             flags = CREATE
         elif err == ENXIO or err == EISDIR:
-            raise _retry.not_a_lock_file(path)
+            raise retry_module().not_a_lock_file(path)
         elif vanished(err) or err == EEXIST:
             tries += 1
-            _retry.vanished(err, tries, deadline, directory, path)
+            retry_module().vanished(err, tries, deadline, directory, path)
         elif err == ENOTDIR:
-            raise _retry.error(err, directory)
+            raise retry_module().error(err, directory)
         else:
-            raise _retry.error(err, path)
+            raise retry_module().error(err, path)
 
 
 cdef int lock_new(
@@ -466,9 +478,9 @@ cdef int lock_new(
     if rc != 0:
         if vanished(err):
             return STALE  # opened through a stale cache entry: the file is gone
-        raise _retry.error(err, shown)
+        raise retry_module().error(err, shown)
     if not S_ISREG(info.st_mode):
-        raise _retry.not_a_lock_file(shown)
+        raise retry_module().not_a_lock_file(shown)
     try:
         strategy = strategy_of(fd, info.st_dev, directory)
         had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0)
@@ -483,7 +495,7 @@ cdef int lock_new(
     with nogil:
         sameness = compare(fd, dir_fd, c_name, strategy, &err)
     if err:
-        raise _retry.error(err, shown)
+        raise retry_module().error(err, shown)
     if sameness == SAME:
         return strategy
     return LOST if had == WAITED else STALE
@@ -511,14 +523,14 @@ cdef int release_at(
     if shown is None and (err or unlink_err or failure or sameness != SAME):
         shown = PyUnicode_DecodeFSDefaultAndSize(c_name, len(name))
     if unlink_err == EPERM or unlink_err == EACCES:
-        _retry.kept(shown, unlink_err)
+        retry_module().kept(shown, unlink_err)
         unlink_err = 0
     elif vanished(unlink_err):
         sameness, unlink_err = GONE, 0
     if sameness != SAME and not err:
-        _retry.lost(shown, sameness == REPLACED)
+        retry_module().lost(shown, sameness == REPLACED)
     if err or unlink_err or failure:
-        raise _retry.error(err or unlink_err or failure, shown)
+        raise retry_module().error(err or unlink_err or failure, shown)
     return 0
 
 
@@ -586,7 +598,7 @@ cdef class HeldMutex:
             fd = -1
             stale = stale + 1 if strategy == STALE else 0
             if stale:
-                _retry.vanished(ESTALE, stale, deadline, self.base_dir, self.path())
+                retry_module().vanished(ESTALE, stale, deadline, self.base_dir, self.path())
         self.fd, self.strategy, self.forks, self.forks_made = fd, strategy, forks(), forks_of_ours()
 
     def __exit__(self, exc_type, exc, traceback):
@@ -677,7 +689,7 @@ cdef tuple claim_at(int dir_fd, str directory):
                 check_signals()
                 continue
             if err != EEXIST and not vanished(err):
-                raise _retry.error(err, directory)
+                raise retry_module().error(err, directory)
         else:
             try:
                 strategy = lock_new(fd, directory, name, f"{directory}/{base}", dir_fd, False, None)
@@ -689,7 +701,7 @@ cdef tuple claim_at(int dir_fd, str directory):
             close(fd)
             err = ESTALE if strategy == STALE else EEXIST
         misses += 1
-        _retry.vanished(err, misses, None, directory, directory)
+        retry_module().vanished(err, misses, None, directory, directory)
 
 
 def claim_name(str directory):
@@ -703,7 +715,7 @@ cdef int open_directory(str directory) except -1:
     with nogil:
         fd = c_open(c_path, DIRECTORY)
     if fd < 0:
-        raise _retry.directory_error(errno, directory)
+        raise retry_module().directory_error(errno, directory)
     return fd
 
 
@@ -714,7 +726,7 @@ def claim_member(str directory):
     with nogil:
         rc = mkdir(c_path, MEMBERS_DIRECTORY_MODE)
     if rc != 0 and errno != EEXIST:
-        raise _retry.error(errno, directory)
+        raise retry_module().error(errno, directory)
     dir_fd = open_directory(directory)
     try:
         return claim_at(dir_fd, directory)
@@ -788,13 +800,13 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
                 return ABSENT
             if err == EACCES or err == EPERM:
                 return DENIED
-            raise _retry.error(err, shown)
+            raise retry_module().error(err, shown)
         strategy = 0
         try:
             with nogil:
                 rc = c_fstat(fd, &info)
             if rc != 0:
-                raise _retry.error(errno, shown)
+                raise retry_module().error(errno, shown)
             if not S_ISREG(info.st_mode):
                 return ABSENT
             strategy = strategy_of(fd, info.st_dev, directory)
@@ -809,7 +821,7 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
                 with nogil:
                     rc = record_locked_elsewhere(fd)
                 if rc < 0:
-                    raise _retry.error(errno, shown)
+                    raise retry_module().error(errno, shown)
                 if rc:
                     return ALIVE
             base = name.rpartition(b"/")[2]
@@ -821,12 +833,12 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
                 if not err and sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
                     unlink_err = errno
             if err:
-                raise _retry.error(err, shown)
+                raise retry_module().error(err, shown)
             if sameness == SAME:
                 if unlink_err == EPERM or unlink_err == EACCES:
                     return DEAD
                 if unlink_err and not vanished(unlink_err):
-                    raise _retry.error(unlink_err, shown)
+                    raise retry_module().error(unlink_err, shown)
                 return REMOVED
             if sameness == GONE:
                 return ABSENT
@@ -834,10 +846,10 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
             with nogil:
                 failure = let_go(fd, strategy)
             if failure:
-                raise _retry.error(failure, shown)
+                raise retry_module().error(failure, shown)
         # A new file took the name between our open and our check: look at that one.
         replaced += 1
-        _retry.vanished(ESTALE, replaced, None, directory, shown)
+        retry_module().vanished(ESTALE, replaced, None, directory, shown)
 
 
 def probe(str directory, str name, bint remove_dead):
@@ -865,7 +877,7 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
     if listing == NULL:
         err = errno
         close(dir_fd)
-        raise _retry.error(err, directory)
+        raise retry_module().error(err, directory)
     try:
         while True:
             with nogil:
@@ -874,7 +886,7 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
                 err = errno
             if entry == NULL:
                 if err:
-                    raise _retry.error(err, directory)
+                    raise retry_module().error(err, directory)
                 return found
             if not is_name(entry.d_name):
                 continue  # not ours: never counted, never removed
@@ -935,7 +947,7 @@ def read_text(str path):
     with nogil:
         fd = c_open(c_name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     if fd < 0:
-        raise _retry.error(errno, path)
+        raise retry_module().error(errno, path)
     try:
         while True:
             with nogil:
@@ -944,7 +956,7 @@ def read_text(str path):
                 if errno == EINTR:
                     check_signals()
                     continue
-                raise _retry.error(errno, path)
+                raise retry_module().error(errno, path)
             if got == 0:
                 break
             chunks.append(buffer[:got])

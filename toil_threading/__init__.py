@@ -9,15 +9,13 @@ This module validates arguments and delegates; each concern lives in a module of
 own (see the README's "How the code is laid out").
 """
 
-from __future__ import annotations
-
 # Importing this package must stay cheap (a fresh interpreter calling cpu_count() should
 # cost little more than a bare one), so nothing here imports typing, logging, threading
 # or collections at import time; what is not needed for that loads on first use.
 import os
 import time
 
-from . import _checks, _impl, _names, _retry
+from . import _checks, _impl
 from ._cpu import (
     CpuCount,
     CpuLimit,
@@ -26,26 +24,29 @@ from ._cpu import (
     parse_quota_cgroups1,
     parse_quota_cgroups2,
 )
-from ._names import (
-    collect_process_name_garbage,
-    current_process_name_for,
-    current_process_name_lock,
-    destroy_all_process_names,
-)
 from ._protocol import LOGGER_NAME, MUTEX_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import logging
     from contextlib import AbstractContextManager
+    from types import ModuleType
 
     from ._arena import LastProcessStandingArena
     from ._checks import StrPath
     from ._exceptional import ExceptionalThread
     from ._filesystems import FilesystemReport
+    from ._names import (
+        collect_process_name_garbage,
+        current_process_name_for,
+        current_process_name_lock,
+        destroy_all_process_names,
+        get_process_name,
+        process_name_exists,
+    )
 
     ACCELERATED: bool
-    logger: logging.Logger
+    logger: "logging.Logger"
 
 __version__ = "0.2.0"
 
@@ -84,6 +85,12 @@ _LAZY = {
     "ExceptionalThread": "_exceptional",
     "LastProcessStandingArena": "_arena",
     "FilesystemReport": "_filesystems",
+    "collect_process_name_garbage": "_names",
+    "current_process_name_for": "_names",
+    "current_process_name_lock": "_names",
+    "destroy_all_process_names": "_names",
+    "get_process_name": "_names",
+    "process_name_exists": "_names",
 }
 
 
@@ -96,13 +103,17 @@ def __getattr__(name: str) -> object:
 
         value = logging.getLogger(LOGGER_NAME)
     elif name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(_submodule(_LAZY[name]), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+def _submodule(name: str) -> "ModuleType":
+    import importlib
+
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def __dir__() -> list[str]:
@@ -117,7 +128,7 @@ class LockRetryPolicy(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
 
-    def __new__(cls, max_tries: int, backoff: float, max_backoff: float) -> LockRetryPolicy:
+    def __new__(cls, max_tries: int, backoff: float, max_backoff: float) -> "LockRetryPolicy":
         return tuple.__new__(cls, (max_tries, backoff, max_backoff))
 
     @property
@@ -141,8 +152,10 @@ class LockRetryPolicy(tuple):  # type: ignore[type-arg]
         )
 
 
-def lock_retry_policy() -> LockRetryPolicy:
+def lock_retry_policy() -> "LockRetryPolicy":
     """The policy in force for EIO/ENOLCK retries of lock calls."""
+    from . import _retry
+
     return LockRetryPolicy(*_retry.policy)
 
 
@@ -151,7 +164,7 @@ def set_lock_retry_policy(
     max_tries: int | None = None,
     backoff: float | None = None,
     max_backoff: float | None = None,
-) -> LockRetryPolicy:
+) -> "LockRetryPolicy":
     """Change the EIO/ENOLCK retry policy (the fields not given stay); returns the old one.
 
     ``max_tries`` counts every attempt (at least 1); ``backoff`` is the first pause in
@@ -168,6 +181,8 @@ def set_lock_retry_policy(
         raise ValueError(f"max_tries must be a whole number from 1 to 2**31 - 1, not {tries!r}")
     _checks.seconds(new.backoff, "backoff", allow_none=False)
     _checks.seconds(new.max_backoff, "max_backoff", allow_none=False)
+    from . import _retry
+
     _retry.policy = (new.max_tries, float(new.backoff), float(new.max_backoff))
     return old
 
@@ -186,11 +201,15 @@ def _setting(variable: str, kind: type[float]) -> float | None:
 
 def _policy_from_environment() -> None:
     max_tries = _setting("TOIL_THREADING_LOCK_MAX_TRIES", int)
+    backoff = _setting("TOIL_THREADING_LOCK_BACKOFF", float)
+    max_backoff = _setting("TOIL_THREADING_LOCK_MAX_BACKOFF", float)
+    if max_tries is None and backoff is None and max_backoff is None:
+        return  # Toil's policy stands (and the module that keeps it need not load yet)
     try:
         set_lock_retry_policy(
             max_tries=None if max_tries is None else int(max_tries),
-            backoff=_setting("TOIL_THREADING_LOCK_BACKOFF", float),
-            max_backoff=_setting("TOIL_THREADING_LOCK_MAX_BACKOFF", float),
+            backoff=backoff,
+            max_backoff=max_backoff,
         )
     except ValueError as error:
         raise ValueError(f"bad TOIL_THREADING_LOCK_* setting: {error}") from None
@@ -220,12 +239,14 @@ def safe_unlock_and_close(fd: int) -> None:
     _impl.core.unlock_and_close(fd)
 
 
-def locked_file_is(fd: int, path: StrPath) -> bool:
+def locked_file_is(fd: int, path: "StrPath") -> bool:
     """True if path names the same file (device and inode) as the open descriptor fd."""
     return _impl.core.same_file(fd, _checks.directory(path, "path"))
 
 
-def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | None = None) -> None:
+def ensure_filesystem_lockable(
+    path: "StrPath", timeout: float = 30, hint: str | None = None
+) -> None:
     """Raise if the package will not lock on the filesystem holding path, or path is missing.
 
     Reads the mount table and one statfs(2) in-process; ``timeout`` is kept for
@@ -233,7 +254,7 @@ def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | N
     FileNotFoundError for a missing path and RuntimeError (with ``hint``) for Ceph and
     the other filesystems refused (see filesystem_report).
     """
-    from . import _filesystems
+    from . import _filesystems, _retry
 
     path = _checks.directory(path, "path")
     report = _filesystems.filesystem_report(path)
@@ -242,7 +263,7 @@ def ensure_filesystem_lockable(path: StrPath, timeout: float = 30, hint: str | N
     _retry.log(10, "%s is on %s (%s): %s", path, report.filesystem, report.type, report.reason)
 
 
-def filesystem_report(path: StrPath, *, root: StrPath = "/") -> FilesystemReport:
+def filesystem_report(path: "StrPath", *, root: "StrPath" = "/") -> "FilesystemReport":
     """The filesystem under path and what the package does there (a FilesystemReport).
 
     ``type``, ``mount_point``, ``options``: the mount holding path, as
@@ -259,8 +280,8 @@ def filesystem_report(path: StrPath, *, root: StrPath = "/") -> FilesystemReport
 
 
 def global_mutex(
-    base_dir: StrPath, mutex: str, *, timeout: float | None = None
-) -> AbstractContextManager[None]:
+    base_dir: "StrPath", mutex: str, *, timeout: float | None = None
+) -> "AbstractContextManager[None]":
     """Context manager that holds the named mutex, scoped to base_dir, while entered.
 
     Works between processes (including in different containers) that share base_dir,
@@ -299,23 +320,3 @@ def install_into_toil() -> None:
     from ._toil import install_into_toil
 
     install_into_toil()
-
-
-def get_process_name(base_dir: StrPath) -> str:
-    """The name of this process in base_dir: like a PID, but visible across containers.
-
-    :param base_dir: Base directory to work in. Defines the shared namespace.
-    :returns: the process's name there, the same on every call from this process.
-    """
-    return _names.get_process_name(_checks.directory(base_dir))
-
-
-def process_name_exists(base_dir: StrPath, name: str) -> bool:
-    """True if the process named name (from get_process_name) in base_dir is alive.
-
-    Sees across container boundaries that share base_dir.  A dead process's name file
-    is removed.
-    """
-    base_dir = _checks.directory(base_dir)
-    _checks.name(name, "process name", 0)
-    return _names.process_name_exists(base_dir, name)

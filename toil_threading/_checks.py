@@ -1,8 +1,6 @@
 """Argument checks shared by the facade and the arena: bad input fails before the disk is
 touched, with an exception naming what was wrong."""
 
-from __future__ import annotations
-
 import _thread
 import os
 
@@ -16,7 +14,7 @@ if TYPE_CHECKING:
 LONGEST_WAIT = _thread.TIMEOUT_MAX
 
 
-def directory(value: StrPath, what: str = "base_dir") -> str:
+def directory(value: "StrPath", what: str = "base_dir") -> str:
     """A directory argument as a str: non-empty, and not bytes."""
     path = os.fspath(value)
     if not isinstance(path, str):

@@ -39,6 +39,7 @@ from ._protocol import (
     RECORD_LOCK,
     REMOVED,
     SHARED,
+    WAIT,
 )
 
 TYPE_CHECKING = False
@@ -112,7 +113,7 @@ def _lock(
         step = _retry.after_lock_call(err, block, deadline, path, fd, counts)
         if step > 0:
             return step
-        wait = wait or step == _retry.WAIT
+        wait = wait or step == WAIT
 
 
 def _unlock_and_close(fd: int, strategy: int, sole: bool = False) -> None:

@@ -19,7 +19,6 @@ from errno import EIO, ENOENT
 from time import monotonic
 
 from . import _impl
-from ._mountinfo import unescape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -438,11 +437,19 @@ def _find_mount(text: str, version: int, path: str) -> tuple[str, str] | None:
         at = text.find(marker, at + 1)
         if len(fields) < 5 or (version == 1 and "cpu" not in super_options[-1].split(",")):
             continue
-        found = (unescape(fields[4]), unescape(fields[3]))
+        found = (_unescaped(fields[4]), _unescaped(fields[3]))
         if _within(path, found[1]):
             return found
         first = first or found
     return first
+
+
+def _unescaped(field: str) -> str:
+    if "\\" not in field:  # as good as always: the parser need not load at start-up
+        return field
+    from ._mountinfo import unescape
+
+    return unescape(field)
 
 
 def _mount(probe: "_AnyProbe", version: int, path: str) -> tuple[str, str, bool] | None:

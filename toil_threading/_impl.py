@@ -5,8 +5,6 @@ so `use_core` switches all of them (tests and benchmarks run both cores in one p
 Type checkers see the pure twin; stubtest holds the compiled core to its .pyi.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -41,7 +39,7 @@ def _why_not_compiled(error: ImportError) -> str:
     )
 
 
-def choose_core() -> ModuleType:
+def choose_core() -> "ModuleType":
     if not NO_EXTENSIONS and sys.implementation.name == "cpython":
         try:
             from . import _core_c
@@ -64,7 +62,7 @@ if not TYPE_CHECKING:
     core = choose_core()
 
 
-def use_core(module: ModuleType) -> None:
+def use_core(module: "ModuleType") -> None:
     """Switch this process to the given core (tests, benchmarks)."""
     # Through globals(): to type checkers `core` is the pure twin's module itself.
     globals()["core"] = module

@@ -3,8 +3,6 @@
 Read by the filesystem report and by the CPU count (for the cgroup mounts).
 """
 
-from __future__ import annotations
-
 import os
 
 from . import _impl
@@ -47,7 +45,7 @@ def unescape(field: str) -> str:
     return "".join(out)
 
 
-def parse_mountinfo(text: str) -> list[Mount]:
+def parse_mountinfo(text: str) -> "list[Mount]":
     """The mounts listed in a mountinfo text, in its order (a later one is mounted on top).
 
     Only newlines and spaces separate: the kernel escapes those (and tabs, backslashes)
@@ -79,7 +77,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
     return mounts
 
 
-def read_mounts(root: str = "/") -> list[Mount] | None:
+def read_mounts(root: str = "/") -> "list[Mount] | None":
     """The mounts this process sees (root/proc/self/mountinfo), None where there is none."""
     try:
         return parse_mountinfo(_impl.core.read_text(os.path.join(root, "proc/self/mountinfo")))
@@ -91,7 +89,9 @@ def _contains(mount_point: str, path: str) -> bool:
     return mount_point == "/" or path == mount_point or path.startswith(mount_point + "/")
 
 
-def mount_of(mounts: list[Mount], path: str, device: tuple[int, int] | None = None) -> Mount | None:
+def mount_of(
+    mounts: "list[Mount]", path: str, device: tuple[int, int] | None = None
+) -> "Mount | None":
     """The mount holding path: the longest mount point containing it (the top one of
     several at one point); among the mounts of device first, where a device is given."""
     candidates = [mount for mount in mounts if device is None or mount.device == device]

@@ -5,15 +5,17 @@ dies with its process, however that dies.  The table and its lock are Toil's pub
 attributes, re-exported by the facade.
 """
 
-from __future__ import annotations
-
 import _thread
 import atexit
 import errno
 import os
 
-from . import _impl, _retry
+from . import _checks, _impl, _retry
 from ._protocol import ALIVE, DENIED
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._checks import StrPath
 
 #: Guards current_process_name_for (and the descriptors behind it).
 current_process_name_lock = _thread.allocate_lock()  # what threading.Lock() makes
@@ -84,7 +86,13 @@ def destroy_all_process_names() -> None:
 atexit.register(destroy_all_process_names)
 
 
-def get_process_name(base_dir: str) -> str:
+def get_process_name(base_dir: "StrPath") -> str:
+    """The name of this process in base_dir: like a PID, but visible across containers.
+
+    :param base_dir: Base directory to work in. Defines the shared namespace.
+    :returns: the process's name there, the same on every call from this process.
+    """
+    base_dir = _checks.directory(base_dir)
     with current_process_name_lock:
         collect_process_name_garbage()
         name = current_process_name_for.get(base_dir)
@@ -95,7 +103,14 @@ def get_process_name(base_dir: str) -> str:
         return name
 
 
-def process_name_exists(base_dir: str, name: str) -> bool:
+def process_name_exists(base_dir: "StrPath", name: str) -> bool:
+    """True if the process named name (from get_process_name) in base_dir is alive.
+
+    Sees across container boundaries that share base_dir.  A dead process's name file
+    is removed.
+    """
+    base_dir = _checks.directory(base_dir)
+    _checks.name(name, "process name", 0)
     state = _impl.core.probe(base_dir, name, True)
     if state == DENIED:
         # Another user's file we may not open: whether its owner lives cannot be told.

@@ -47,6 +47,11 @@ RECORD_LOCK = 2  # an open-file-description record lock (F_OFD_SETLKW) besides t
 # The retry policy for EIO and ENOLCK from a lock call, Toil's: attempts in all, first
 # pause (seconds, doubled after each failure), longest pause.
 DEFAULT_RETRY_POLICY = (10, 1.0, 60.0)
+# What a core does after a failed lock call (as toil_threading._retry.after_lock_call
+# decides): wait for the lock in the kernel now, or try again (after the pause, if one
+# was due).  Any other answer is the errno to report.
+WAIT = -1
+AGAIN = 0
 # A wait with a timeout polls: first pause and longest pause between tries (seconds).
 POLL_FIRST = 0.001
 POLL_CAP = 0.01

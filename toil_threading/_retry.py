@@ -6,8 +6,6 @@ live in this one place, so the two cores behave (and word their errors) the same
 Pauses go through time.sleep, which releases the GIL and lets Ctrl-C through.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 import stat
@@ -15,12 +13,14 @@ import sys
 import time
 
 from ._protocol import (
+    AGAIN,
     DEFAULT_RETRY_POLICY,
     LOGGER_NAME,
     POLL_CAP,
     POLL_FIRST,
     VANISHED_PAUSE_CAP,
     VANISHED_TRIES,
+    WAIT,
 )
 
 # The logger records go to; install_into_toil() makes it Toil's module's.
@@ -79,11 +79,6 @@ def directory_error(err: int, directory: str) -> OSError:
     if err in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(directory):
         err = errno.ELOOP
     return error(err, directory)
-
-
-# What a core does after a failed lock call (see after_lock_call).
-WAIT = -1  # the lock is busy: wait for it in the kernel now
-AGAIN = 0  # try again (after the pause, if one was due)
 
 
 def after_lock_call(
