@@ -5,13 +5,15 @@ module, which may live in another interpreter, it runs this file as a script the
 
     python workloads.py --api toil --dir DIR --task JSON
 
-which prints the samples as one JSON list.  The operations match bench/floor.c's.
+which prints the repeats' figures as one JSON list.  The operations, and the figures of
+a contended run, match bench/floor.c's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -39,7 +41,7 @@ class Task:
     """One figure to measure: an operation, its size and how many repeats.
 
     count is iterations per repeat, dead members for "arena-cleanup", processes for
-    "contend" (which runs for `seconds`).
+    "contend" and "contend-arena" (which run for `seconds`).
     """
 
     operation: str
@@ -158,34 +160,135 @@ def cleanup_leave(api: Any, directory: str, members: int) -> float:
     return float(time.perf_counter_ns() - start)
 
 
-def contend(api: Any, directory: str, start: Any, counts: Any, index: int, seconds: float) -> None:
-    """One contending process: take and release the mutex until the time is up."""
-    deadline = start.value + seconds
-    count = 0
+# Wait times are binned as floor.c bins them: one bucket per nanosecond below 32 ns, then
+# sixteen per power of two (about 6% wide); waits of 2**36 ns (69 s) or more share the last.
+WAIT_LONGEST = 2**36 - 1
+WAIT_BUCKETS = 528
+
+
+def wait_bucket(ns: int) -> int:
+    if ns < 32:
+        return max(ns, 0)
+    ns = min(ns, WAIT_LONGEST)
+    exponent = ns.bit_length() - 1
+    return (exponent - 3) * 16 + ((ns >> (exponent - 4)) & 15)
+
+
+def bucket_middle(bucket: int) -> float:
+    """The middle of a bucket's range of nanoseconds."""
+    if bucket < 32:
+        return float(bucket)
+    exponent, step = bucket // 16 + 3, bucket % 16
+    width = 1 << (exponent - 4)
+    return (16 + step) * width + (width - 1) / 2
+
+
+def wait_percentile(histogram: list[list[int]], longest: int, fraction: float) -> float:
+    """The wait (ns) that `fraction` of all waits do not exceed, by nearest rank, read
+    from the [bucket, count] pairs (the bucket's middle: within 3%); NaN without waits."""
+    total = sum(count for _, count in histogram)
+    if total == 0:
+        return float("nan")
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    for bucket, count in sorted(histogram):
+        seen += count
+        if seen >= rank:
+            return min(bucket_middle(bucket), float(longest))
+    return float(longest)
+
+
+class Contest:
+    """What the contending processes share: when to start, and what each did."""
+
+    def __init__(self, context: Any, processes: int) -> None:
+        self.start_ns = context.Value("q", 0, lock=False)
+        self.acquisitions = context.Array("q", processes, lock=False)
+        self.longest_wait_ns = context.Array("q", processes, lock=False)
+        self.wait_histograms = context.Array("I", processes * WAIT_BUCKETS, lock=False)
+
+    def report(self, index: int, waits: list[int]) -> None:
+        """One process's waits, binned after its run into its share of the memory."""
+        histogram = [0] * WAIT_BUCKETS
+        for wait in waits:
+            histogram[wait_bucket(wait)] += 1
+        self.acquisitions[index] = len(waits)
+        self.longest_wait_ns[index] = max(waits, default=0)
+        self.wait_histograms[index * WAIT_BUCKETS : (index + 1) * WAIT_BUCKETS] = histogram
+
+    def run(self, seconds: float) -> dict[str, Any]:
+        """The run as floor.c prints it (see its header)."""
+        merged = [0] * WAIT_BUCKETS
+        histograms = self.wait_histograms[:]
+        for offset in range(0, len(histograms), WAIT_BUCKETS):
+            for bucket, count in enumerate(histograms[offset : offset + WAIT_BUCKETS]):
+                merged[bucket] += count
+        acquisitions = list(self.acquisitions)
+        return {
+            "per_second": sum(acquisitions) / seconds,
+            "acquisitions": acquisitions,
+            "longest_wait_ns": max(self.longest_wait_ns, default=0),
+            "wait_histogram": [[bucket, count] for bucket, count in enumerate(merged) if count],
+        }
+
+
+# A contending process's loop.  Each keeps its waits in a list during the run (an append,
+# nothing more) and bins them afterwards; only acquisitions had by the deadline count.
+# The clock is CLOCK_MONOTONIC, as floor.c's.
+
+
+def contend_mutex(api: Any, directory: str, deadline: int) -> list[int]:
+    """Take and release the mutex; the time each acquisition took (ns)."""
+    clock = time.perf_counter_ns
+    waits: list[int] = []
+    record = waits.append
     while True:
+        began = clock()
         with api.global_mutex(directory, MUTEX):
+            had = clock()
+        if had > deadline:
+            return waits
+        record(had - began)
+
+
+def contend_arena(api: Any, directory: str, deadline: int) -> list[int]:
+    """Enter and leave the arena; the time each enter() took (ns)."""
+    arena = api.LastProcessStandingArena(directory, ARENA)
+    clock = time.perf_counter_ns
+    waits: list[int] = []
+    record = waits.append
+    while True:
+        began = clock()
+        arena.enter()
+        had = clock()
+        for _ in arena.leave():
             pass
-        if time.monotonic() > deadline:
-            break
-        count += 1
-    counts[index] = count
+        if had > deadline:
+            return waits
+        record(had - began)
 
 
-def contended_throughput(api: Any, directory: str, processes: int, seconds: float) -> float:
-    """Acquisitions per second of one mutex by `processes` forked processes, in total."""
+CONTESTS = {"contend": contend_mutex, "contend-arena": contend_arena}
+
+
+def contended_run(
+    api: Any, operation: str, directory: str, processes: int, seconds: float
+) -> dict[str, Any]:
+    """`processes` forked processes contending for `seconds`: see Contest.run."""
     context = multiprocessing.get_context("fork")
-    start = context.Value("d", 0.0, lock=False)
-    counts = context.Array("q", processes, lock=False)
+    contest = Contest(context, processes)
+    loop = CONTESTS[operation]
 
     def stamp_start() -> None:
-        start.value = time.monotonic()
+        contest.start_ns.value = time.perf_counter_ns()
 
     # Everyone starts together once all are forked; the last to arrive stamps the start.
     barrier = context.Barrier(processes, action=stamp_start, timeout=CONTENTION_GRACE)
 
     def child(index: int) -> None:
         barrier.wait()
-        contend(api, directory, start, counts, index, seconds)
+        deadline = contest.start_ns.value + round(seconds * 1e9)
+        contest.report(index, loop(api, directory, deadline))
 
     children = [context.Process(target=child, args=(i,)) for i in range(processes)]
     try:
@@ -206,14 +309,15 @@ def contended_throughput(api: Any, directory: str, processes: int, seconds: floa
                 process.kill()
             if process.pid is not None:
                 process.join()
-    return float(sum(counts)) / seconds
+    return contest.run(seconds)
 
 
-def measure(api: Any, task: Task, directory: str) -> list[float]:
-    """The samples of a task: ns per operation per repeat, or acquisitions per second."""
-    if task.operation == "contend":
+def measure(api: Any, task: Task, directory: str) -> list[Any]:
+    """A task's figure for each repeat: ns per operation, or for contention a run (a dict,
+    as floor.c prints it)."""
+    if task.operation in CONTESTS:
         return [
-            contended_throughput(api, directory, task.count, task.seconds)
+            contended_run(api, task.operation, directory, task.count, task.seconds)
             for _ in range(task.repeats)
         ]
     if task.operation == "arena-cleanup":
