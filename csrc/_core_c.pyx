@@ -88,7 +88,7 @@ cdef extern from "<sys/stat.h>" nogil:
     bint S_ISREG(unsigned int mode)
 
 cdef extern from "compat.h" nogil:
-    void clear_errno()
+    void set_errno(int value)
     struct statfs:
         long f_type
     int c_statfs "statfs"(const char *path, statfs *buf)
@@ -150,10 +150,13 @@ cdef object retry = None
 
 
 cdef object retry_module():
+    """The module; errno stays as the failed call left it (callers pass errno to it)."""
     global retry
+    cdef int failure = errno
     if retry is None:
-        from toil_threading import _retry as module
+        from toil_threading import _retry as module  # makes system calls of its own
         retry = module
+        set_errno(failure)
     return retry
 
 
@@ -894,7 +897,7 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
     try:
         while True:
             with nogil:
-                clear_errno()  # readdir says "error" only through errno
+                set_errno(0)  # readdir says "error" only through errno
                 entry = readdir(listing)
                 err = errno
             if entry == NULL:

@@ -21,7 +21,8 @@
 #define F_OFD_SETLKW (-1)
 #endif
 
-static inline void clear_errno(void) { errno = 0; }
+/* errno is a macro in C: Cython assigns it through this. */
+static inline void set_errno(int value) { errno = value; }
 
 /* Forks this process came through (forks_seen, counted in each child): a lock entered
    before the fork that made this process belongs to its parent, which this process must

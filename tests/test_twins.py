@@ -185,6 +185,44 @@ def test_the_cores_fail_alike(tmp_path: Path, case: Case, expected: str) -> None
     assert_alike(with_dir_for_paths(found, tmp_path), expected)
 
 
+FIRST_FAILURE = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import test_twins
+if {core!r} == "compiled":  # the pure core imports the failure module with itself
+    assert "toil_threading._retry" not in sys.modules, "loaded already: nothing is tested"
+call = test_twins.{case}(Path({directory!r}))
+print(json.dumps(test_twins.outcome(call)))
+"""
+
+
+@pytest.mark.parametrize(("case", "expected"), CASES, ids=[case.__name__ for case, _ in CASES])
+def test_the_first_failure_of_a_fresh_process_is_told_alike(
+    tmp_path: Path, case: Case, expected: str
+) -> None:
+    """The module that words failures loads on the first one, making system calls of its
+    own: the errno reported must still be the failed call's."""
+    found = {}
+    for core in CORES:
+        here, fresh = tmp_path / core / "here", tmp_path / core / "fresh"
+        here.mkdir(parents=True)
+        fresh.mkdir()
+        code = FIRST_FAILURE.format(
+            tests=str(Path(__file__).parent), core=core, case=case.__name__, directory=str(fresh)
+        )
+        child = python_with_core(core, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        in_fresh = json.loads(out)
+        in_this = json.loads(json.dumps(on_core(core, case(here))))
+        assert json.dumps(in_fresh).replace(str(fresh), "DIR") == json.dumps(in_this).replace(
+            str(here), "DIR"
+        ), f"{core}: the fresh process told {in_fresh}, this one {in_this}"
+        found[core] = tuple(in_fresh)
+    assert found[CORES[0]][0] == expected
+
+
 def with_dir_for_paths(found: dict[str, tuple[object, ...]], root: Path) -> dict[str, Any]:
     """Outcomes with each core's own directory written as DIR, so they can be compared."""
     return {
