@@ -108,6 +108,7 @@ def test_mutual_exclusion_across_two_nodes(core: str, nodes: Nodes) -> None:
 
 def test_flock_alone_does_not_exclude_across_two_nodes(core: str, nodes: Nodes) -> None:
     acquired, violations, _, reports = hammer_across(core, nodes, FLOCK_ALONE)
+    print(f"\n[lockfs, {core}] flock alone: {violations} violations in {acquired} acquisitions")
     assert acquired == 1000, reports
     assert violations > 0, "flock alone excluded across the mounts: the fixture proves nothing"
 
