@@ -307,3 +307,25 @@ def test_console_script_and_help(core: str) -> None:
     for part in ("inspect", "cpus", "fs", "examples:", "exit status:"):
         assert part in done.stdout
     assert run_cli(core, "fs", "/", command=[str(script)]).stdout.startswith("path          /\n")
+
+
+@pytest.mark.parametrize("subcommand", ["inspect", "cpus", "fs", "verify"])
+def test_a_bad_option_prints_that_subcommands_usage(
+    core: str, subcommand: str, tmp_path: Path
+) -> None:
+    positional = [] if subcommand == "cpus" else [tmp_path]
+    done = run_cli(core, subcommand, *positional, "--bogus")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(f"usage: toil-threading {subcommand} ")
+    unrecognized = f"toil-threading {subcommand}: error: unrecognized arguments: --bogus\n"
+    assert done.stderr.endswith(unrecognized)
+
+
+def test_errors_under_json_are_json(core: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    done = run_cli(core, "inspect", "--json", missing)
+    assert (done.returncode, done.stderr) == (2, "")
+    assert json.loads(done.stdout) == {"error": f"{missing}: No such file or directory"}
+    plain = run_cli(core, "inspect", missing)
+    assert (plain.returncode, plain.stdout) == (2, "")
+    assert plain.stderr == f"toil-threading: error: {missing}: No such file or directory\n"

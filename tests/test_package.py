@@ -175,3 +175,23 @@ def test_workflow_copies_are_identical() -> None:
     if not top.exists():
         pytest.skip("not a checkout (an sdist carries no workflow)")
     assert top.read_bytes() == github.read_bytes()
+
+
+def test_a_checkout_shadowing_the_installed_package_is_named_in_the_warning() -> None:
+    checkout = Path(__file__).resolve().parent.parent
+    source = checkout / "toil_threading"
+    if not (checkout / "csrc").is_dir() or list(source.glob("_core_c*.so")):
+        pytest.skip("not run from a checkout without a compiled core built in place")
+    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import toil_threading as t; print(t.ACCELERATED)"],
+        cwd=checkout,  # the current directory comes first on sys.path: the source folder wins
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "False\n"
+    assert f"the toil_threading imported is the source folder {source}" in done.stderr
+    assert "it shadows the installed package" in done.stderr
+    assert "Run from another directory, or with `python -I`" in done.stderr

@@ -227,10 +227,12 @@ def safe_lock(
     available, and TimeoutError when a blocking lock with ``timeout`` (seconds) is not
     had in time.
     """
-    _checks.seconds(timeout, "timeout")
-    if timeout is not None and not block:
-        raise ValueError("timeout only applies to a blocking lock (block=True)")
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None
+    if timeout is not None:
+        _checks.seconds(timeout, "timeout")
+        if not block:
+            raise ValueError("timeout only applies to a blocking lock (block=True)")
+        deadline = time.monotonic() + timeout
     _impl.core.lock(fd, block, shared, deadline, None)
 
 
