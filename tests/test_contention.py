@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 from conftest import linux_only, wait_until_blocked
-from workers import CHAOS, HAMMER, MUTEX_HOLDER, expect_line, kill_all, report, say, start
+from workers import (
+    CHAOS,
+    HAMMER,
+    MUTEX_HOLDER,
+    expect_line,
+    kill_all,
+    report,
+    run_together,
+    say,
+    start,
+)
 
 import toil_threading
 
@@ -99,17 +109,11 @@ def test_a_killed_waiter_does_not_keep_the_file(core: str, shm_dir: Path) -> Non
 def test_mixed_with_toil_under_contention(core: str, shm_dir: Path, toil_python: str) -> None:
     """Toil's processes never announce that they wait, and always unlink; ours keep the
     file for waiters that announced.  Together they still exclude each other."""
-    hammers = [
-        start(HAMMER, shm_dir, 150, "GO", **where)
-        for where in [{"toil_python": toil_python}, {"core": core}, {"core": core}] * 3
-    ]
-    try:
-        for hammer in hammers:
-            expect_line(hammer, "ready")
-        for hammer in hammers:
-            say(hammer)
-        reports = [report(hammer) for hammer in hammers]
-    finally:
-        kill_all(hammers)
+    reports = run_together(
+        [
+            start(HAMMER, shm_dir, 150, "GO", **where)
+            for where in [{"toil_python": toil_python}, {"core": core}, {"core": core}] * 3
+        ]
+    )
     assert [(each["violations"], each["exceptions"]) for each in reports] == [(0, {})] * 9
     assert os.listdir(shm_dir) == []

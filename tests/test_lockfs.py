@@ -31,6 +31,7 @@ from workers import (
     expect_line,
     kill_all,
     report,
+    run_together,
     said,
     say,
     start,
@@ -74,14 +75,7 @@ def hammer_across(
 ) -> tuple[int, int, int, list[dict[str, Any]]]:
     """4 processes, 2 per mount, 250 acquisitions each: (acquired, violations, exceptions)."""
     hammers = [start(HAMMER, nodes.on(index), 250, "GO", core=core, env=env) for index in range(4)]
-    try:
-        for hammer in hammers:
-            expect_line(hammer, "ready")
-        for hammer in hammers:
-            say(hammer)
-        reports = [report(hammer) for hammer in hammers]
-    finally:
-        kill_all(hammers)
+    reports = run_together(hammers)
     return (
         sum(each["acquired"] for each in reports),
         sum(each["violations"] for each in reports),

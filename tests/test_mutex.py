@@ -20,7 +20,7 @@ from conftest import (
     python_with_core,
     wait_until_blocked,
 )
-from workers import HAMMER, MUTEX_HOLDER, expect_line, kill_all, report, said, say, start
+from workers import HAMMER, MUTEX_HOLDER, expect_line, kill_all, run_together, said, say, start
 
 import toil_threading
 
@@ -31,13 +31,9 @@ fork = multiprocessing.get_context("fork")
 def test_mutual_exclusion_between_processes(
     core: str, lock_dir: Path, processes: int, rounds: int
 ) -> None:
-    hammers = [start(HAMMER, lock_dir, rounds, "GO", core=core) for _ in range(processes)]
-    try:
-        for hammer in hammers:
-            expect_line(hammer, "ready")
-        reports = [report(hammer, "go\n") for hammer in hammers]
-    finally:
-        kill_all(hammers)
+    reports = run_together(
+        [start(HAMMER, lock_dir, rounds, "GO", core=core) for _ in range(processes)]
+    )
     assert [(r["acquired"], r["violations"], r["exceptions"]) for r in reports] == [
         (rounds, 0, {})
     ] * processes

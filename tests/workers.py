@@ -276,3 +276,16 @@ def kill_all(workers: Iterable[subprocess.Popen[str]]) -> None:
         if worker.poll() is None:
             worker.kill()
         worker.communicate()
+
+
+def run_together(workers: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
+    """Wait until every worker is ready, let them all go at once, and return their reports;
+    whatever happens, none is left running."""
+    try:
+        for worker in workers:
+            expect_line(worker, "ready")
+        for worker in workers:
+            say(worker)
+        return [report(worker) for worker in workers]
+    finally:
+        kill_all(workers)
