@@ -69,9 +69,12 @@ def python_with_core(
     """Start `python -c` running code on the given core, outside the checkout.
 
     The working directory is a temporary one so that the installed package is imported,
-    never the source tree beside the tests.
+    never the source tree beside the tests.  The child chooses that core from its start,
+    whatever TOIL_THREADING_NO_EXTENSIONS this process was given.
     """
-    full_env = dict(os.environ)
+    full_env = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
+    if core == "pure":
+        full_env["TOIL_THREADING_NO_EXTENSIONS"] = "1"
     full_env.update(env or {})
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-c", core_prelude(core) + code],
