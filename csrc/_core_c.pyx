@@ -454,7 +454,7 @@ cdef int open_lock_file(str directory, str path, bytes name, object deadline) ex
                 raise retry_module().error(EACCES, path)
             flags = CREATE
         elif err == ENXIO or err == EISDIR:
-            raise retry_module().not_a_lock_file(path)
+            raise retry_module().not_a_regular_file(path, "a lock file")
         elif vanished(err) or err == EEXIST:
             tries += 1
             retry_module().vanished(err, tries, deadline, directory, path)
@@ -483,7 +483,7 @@ cdef int lock_new(
             return STALE  # opened through a stale cache entry: the file is gone
         raise retry_module().error(err, shown)
     if not S_ISREG(info.st_mode):
-        raise retry_module().not_a_lock_file(shown)
+        raise retry_module().not_a_regular_file(shown, "a lock file")
     try:
         strategy = strategy_of(fd, info.st_dev, directory)
         had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0)
@@ -956,15 +956,26 @@ def leave_arena(int fd, str directory, str name):
 def read_text(str path):
     cdef bytes name = encoded(path)
     cdef const char *c_name = name
-    cdef int fd
+    cdef int fd, rc = -1, err = 0
     cdef ssize_t got
     cdef char buffer[8192]
+    cdef stat info
     chunks = []
     with nogil:
         fd = c_open(c_name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        err = errno
+        if fd >= 0:
+            rc = c_fstat(fd, &info)
+            err = errno
     if fd < 0:
-        raise retry_module().error(errno, path)
+        raise retry_module().error(err, path)
     try:
+        # Only a regular file (as /proc, sysfs and cgroup files are): a device such as
+        # /dev/zero would never end, a FIFO not say anything.
+        if rc != 0:
+            raise retry_module().error(err, path)
+        if not S_ISREG(info.st_mode):
+            raise retry_module().not_a_regular_file(path, "a file to read")
         while True:
             with nogil:
                 got = read(fd, buffer, sizeof(buffer))

@@ -194,6 +194,34 @@ def test_non_file_at_the_lock_path_is_an_error_at_once(
     del keep
 
 
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_a_file_to_read_that_is_not_a_regular_file_is_an_error_at_once(
+    core: str, shm_dir: Path, kind: str
+) -> None:
+    """cgroup files, mount tables and the files scheduler variables name are read whole:
+    /dev/zero would never end, a FIFO say nothing.  Both are refused, by the public
+    parsers with an OSError naming the file, and in an explanation as unreadable."""
+    path = {"device": Path("/dev/zero"), "fifo": shm_dir / "fifo", "directory": shm_dir}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+
+    def read_them() -> tuple[str, str, object]:
+        with pytest.raises(OSError) as raised:
+            toil_threading.parse_quota_cgroups2(path)
+        os.environ["_CONDOR_MACHINE_AD"] = str(path)  # in the child only
+        htcondor = next(
+            limit
+            for limit in toil_threading.explain_cpu_count().limits
+            if limit.source == "htcondor"
+        )
+        return str(raised.value), htcondor.detail, htcondor.cpus
+
+    message, detail, cpus = in_child(read_them, timeout=20)
+    assert message.startswith("[Errno 22] not a file to read: "), message
+    assert str(path) in message
+    assert cpus is None and detail == f"_CONDOR_MACHINE_AD={path} unreadable (Invalid argument)"
+
+
 def test_other_thread_runs_while_a_lock_wait_blocks(core: str, shm_dir: Path) -> None:
     def wait_in_the_kernel_while_a_thread_ticks() -> int:
         ticks = 0

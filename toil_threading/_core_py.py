@@ -277,7 +277,7 @@ def _open_lock_file(directory: str, path: str, deadline: float | None) -> int:
                 raise _retry.error(errno.EACCES, path)
             flags = _CREATE
         elif err in (errno.ENXIO, errno.EISDIR):
-            raise _retry.not_a_lock_file(path)
+            raise _retry.not_a_regular_file(path, "a lock file")
         elif err in (*_VANISHED, errno.EEXIST):
             tries += 1
             _retry.vanished(err, tries, deadline, directory, path)
@@ -298,7 +298,7 @@ def _lock_new(
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _retry.not_a_lock_file(shown)
+            raise _retry.not_a_regular_file(shown, "a lock file")
         strategy = _strategy(fd, info.st_dev, directory)
         had = _lock(fd, FLOCK, True, block, deadline, shown, strategy == 0)
         if strategy & RECORD_LOCK and had <= _WAITED:
@@ -612,6 +612,10 @@ def read_text(path: str) -> str:
         raise _retry.error(error.errno or errno.EIO, path) from None
     chunks = []
     try:
+        # Only a regular file (as /proc, sysfs and cgroup files are): a device such as
+        # /dev/zero would never end, a FIFO not say anything.
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _retry.not_a_regular_file(path, "a file to read")
         while True:
             try:
                 chunk = os.read(fd, 8192)

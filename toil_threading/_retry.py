@@ -56,8 +56,9 @@ def error(err: int, path: str | None) -> OSError:
     return OSError(err, _MESSAGES.get(err) or os.strerror(err), path)
 
 
-def not_a_lock_file(path: str) -> OSError:
-    """For a FIFO, socket, device or directory found where a lock file should be."""
+def not_a_regular_file(path: str, wanted: str) -> OSError:
+    """For a FIFO, socket, device or directory found where wanted (a lock file, a file to
+    read) should be."""
     try:
         mode = os.lstat(path).st_mode
     except OSError:
@@ -70,7 +71,7 @@ def not_a_lock_file(path: str) -> OSError:
         (stat.S_ISBLK, "a block device"),
     )
     kind = next((name for test, name in kinds if test(mode)), "not a regular file")
-    return OSError(errno.EINVAL, f"not a lock file: {kind} is there", path)
+    return OSError(errno.EINVAL, f"not {wanted}: {kind} is there", path)
 
 
 def directory_error(err: int, directory: str) -> OSError:
