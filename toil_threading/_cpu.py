@@ -609,9 +609,12 @@ def _cpu_line(text: str) -> str | None:
 
 def _cgroup2_path(text: str) -> str | None:
     """This process's cgroup2 path, from the "0::" line of /proc/self/cgroup."""
-    start = 0 if text.startswith("0::") else text.find("\n0::") + 1
-    if start == 0 and not text.startswith("0::"):
-        return None
+    if text.startswith("0::"):
+        start = 0
+    else:
+        start = text.find("\n0::") + 1
+        if not start:
+            return None
     end = text.find("\n", start)
     return text[start + 3 : len(text) if end < 0 else end]
 
