@@ -63,26 +63,78 @@ def core_prelude(core: str) -> str:
     )
 
 
+def core_environment(core: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment (with env) for a child that runs on core from its start,
+    whatever TOIL_THREADING_NO_EXTENSIONS this process was given."""
+    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
+    if core == "pure":
+        environment["TOIL_THREADING_NO_EXTENSIONS"] = "1"
+    environment.update(env or {})
+    return environment
+
+
 def python_with_core(
     core: str, code: str, *, env: dict[str, str] | None = None, **popen: object
 ) -> subprocess.Popen[str]:
     """Start `python -c` running code on the given core, outside the checkout.
 
     The working directory is a temporary one so that the installed package is imported,
-    never the source tree beside the tests.  The child chooses that core from its start,
-    whatever TOIL_THREADING_NO_EXTENSIONS this process was given.
+    never the source tree beside the tests.
     """
-    full_env = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
-    if core == "pure":
-        full_env["TOIL_THREADING_NO_EXTENSIONS"] = "1"
-    full_env.update(env or {})
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
         [sys.executable, "-c", core_prelude(core) + code],
         cwd=tempfile.gettempdir(),
-        env=full_env,
+        env=core_environment(core, env),
         text=True,
         **popen,
     )
+
+
+# The command line, as `python -I -m toil_threading` (-I: never the checkout's folder).
+CLI = (sys.executable, "-I", "-m", "toil_threading")
+
+
+def run_cli(
+    core: str,
+    *args: str | Path,
+    command: list[str] | None = None,
+    wrapper: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the command line on the given core, outside the checkout, to its end.
+
+    wrapper goes before the command (for example setpriv, to run it with fewer rights).
+    """
+    return subprocess.run(
+        [*wrapper, *(command or CLI), *map(str, args)],
+        cwd="/",
+        env=core_environment(core, env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def start_verify_holder(
+    core: str, directory: Path, seconds: float, seen_through: Path | None = None
+) -> subprocess.Popen[str]:
+    """`verify DIR --hold SECONDS`, started and waited for until its scratch file names
+    its holder (as seen through seen_through, another mount of directory, where given)."""
+    holder = subprocess.Popen(
+        [*CLI, "verify", str(directory), "--hold", str(seconds), "--json"],
+        cwd="/",
+        env=core_environment(core),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    scratch = (seen_through or directory) / "toil-threading-verify"
+    deadline = time.monotonic() + 30
+    while not (scratch.exists() and scratch.stat().st_size):
+        assert time.monotonic() < deadline and holder.poll() is None, holder.communicate()
+        time.sleep(0.02)
+    return holder
 
 
 # Linux-only machinery (/proc, cgroups, affinity, LD_PRELOAD, namespaces): tests that need

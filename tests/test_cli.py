@@ -7,39 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import blocked_waiters, linux_only, python_with_core, wait_until_blocked
+from conftest import blocked_waiters, linux_only, python_with_core, run_cli, wait_until_blocked
 from workers import EVERY_KIND, said, start
 
 import toil_threading
 from toil_threading import _cli
 
 pytestmark = linux_only  # inspect names holders from /proc/locks
-
-
-def run_cli(
-    core: str, *args: str | Path, command: list[str] | None = None, wrapper: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    """Run the command on the given core, outside the checkout (so the installed package runs).
-
-    wrapper goes before the command (for example setpriv, to run it with fewer rights).
-    """
-    env = {key: value for key, value in os.environ.items() if key != "TOIL_THREADING_NO_EXTENSIONS"}
-    if core == "pure":
-        env["TOIL_THREADING_NO_EXTENSIONS"] = "1"
-    return subprocess.run(
-        [*wrapper, *(command or [sys.executable, "-I", "-m", "toil_threading"]), *map(str, args)],
-        cwd=tempfile.gettempdir(),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def inspect_json(core: str, directory: Path, *flags: str) -> tuple[int, Any]:

@@ -49,6 +49,12 @@ def figure(root: Path, source: str) -> tuple[int | None, str]:
     return limit.cpus, limit.detail
 
 
+def assert_figure(root: Path, source: str, cpus: int | None, words: str) -> None:
+    """One scheduler source gives cpus, and says words in its detail."""
+    found, detail = figure(root, source)
+    assert (found, words in detail) == (cpus, True), detail
+
+
 SLURM_JOB = {
     "SLURM_JOB_ID": "77",
     "SLURM_JOBID": "77",
@@ -138,8 +144,7 @@ def test_slurm(
     environ = {**SLURM_JOB, **variables}
     if variables.get("SLURMD_NODENAME") == "":
         del environ["SLURMD_NODENAME"]
-    found, detail = figure(captured(tmp_path, environ, hostname), "slurm")
-    assert (found, words in detail) == (cpus, True), detail
+    assert_figure(captured(tmp_path, environ, hostname), "slurm", cpus, words)
 
 
 def test_slurm_old_job_id_name(core: str, tmp_path: Path) -> None:
@@ -200,9 +205,7 @@ def test_pbs(
     words: str,
 ) -> None:
     files = {} if nodefile is None else {"aux/12": nodefile}
-    root = captured(tmp_path, {**PBS_JOB, **variables}, "n017", files)
-    found, detail = figure(root, "pbs")
-    assert (found, words in detail) == (cpus, True), detail
+    assert_figure(captured(tmp_path, {**PBS_JOB, **variables}, "n017", files), "pbs", cpus, words)
 
 
 SGE_JOB = {"JOB_ID": "4711", "SGE_ROOT": "/opt/sge"}
@@ -235,9 +238,7 @@ def test_sge(
     words: str,
 ) -> None:
     files = {} if hostfile is None else {"spool/pe": hostfile}
-    root = captured(tmp_path, {**SGE_JOB, **variables}, "node07", files)
-    found, detail = figure(root, "sge")
-    assert (found, words in detail) == (cpus, True), detail
+    assert_figure(captured(tmp_path, {**SGE_JOB, **variables}, "node07", files), "sge", cpus, words)
 
 
 def test_sge_needs_its_root(core: str, tmp_path: Path) -> None:
@@ -265,9 +266,9 @@ def test_lsf(
     words: str,
 ) -> None:
     files = {} if hostfile is None else {"h": hostfile}
-    root = captured(tmp_path, {"LSB_JOBID": "9", **variables}, "ib-c01", files)
-    found, detail = figure(root, "lsf")
-    assert (found, words in detail) == (cpus, True), detail
+    assert_figure(
+        captured(tmp_path, {"LSB_JOBID": "9", **variables}, "ib-c01", files), "lsf", cpus, words
+    )
 
 
 @pytest.mark.parametrize(
@@ -283,8 +284,7 @@ def test_htcondor(core: str, tmp_path: Path, ad: str | None, cpus: int | None, w
     files = {} if ad is None else {"scratch/.machine.ad": ad}
     # OMP_NUM_THREADS and its kin are set for many reasons: they are not read.
     environ = {"_CONDOR_MACHINE_AD": "/scratch/.machine.ad", "OMP_NUM_THREADS": "1"}
-    found, detail = figure(captured(tmp_path, environ, "wn1", files), "htcondor")
-    assert (found, words in detail) == (cpus, True), detail
+    assert_figure(captured(tmp_path, environ, "wn1", files), "htcondor", cpus, words)
 
 
 def test_a_scheduler_in_this_process_environment(core: str) -> None:

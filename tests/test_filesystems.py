@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import linux_only, python_with_core
+from conftest import linux_only, python_with_core, run_cli, start_verify_holder
 from workers import finish
 
 import toil_threading
@@ -139,47 +137,13 @@ def test_bad_settings_are_named(
 # verify, on one machine: both kinds of lock exclude between two processes here.
 
 
-def cli(core: str) -> tuple[list[str], dict[str, str]]:
-    """The command line on core: its argv's start, and its environment."""
-    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
-    if core == "pure":
-        environment["TOIL_THREADING_NO_EXTENSIONS"] = "1"
-    return [sys.executable, "-I", "-m", "toil_threading"], environment
-
-
 def verify(core: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    argv, environment = cli(core)
-    return subprocess.run(
-        [*argv, "verify", *map(str, args)],
-        cwd="/",
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def start_holder(core: str, directory: Path, seconds: float) -> subprocess.Popen[str]:
-    argv, environment = cli(core)
-    holder = subprocess.Popen(
-        [*argv, "verify", str(directory), "--hold", str(seconds), "--json"],
-        cwd="/",
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    scratch = directory / "toil-threading-verify"
-    deadline = time.monotonic() + 30
-    while not (scratch.exists() and scratch.stat().st_size):  # until it names its holder
-        assert time.monotonic() < deadline and holder.poll() is None, holder.communicate()
-        time.sleep(0.02)
-    return holder
+    return run_cli(core, "verify", *args)
 
 
 @linux_only
 def test_verify_between_two_processes_of_this_machine(core: str, shm_dir: Path) -> None:
-    holder = start_holder(core, shm_dir, 3)
+    holder = start_verify_holder(core, shm_dir, 3)
     try:
         done = verify(core, shm_dir, "--json")
         assert done.returncode == 0, done.stderr
@@ -213,7 +177,7 @@ def test_verify_without_a_live_holder(core: str, shm_dir: Path) -> None:
     done = verify(core, shm_dir)
     assert done.returncode == 2 and "leftover" in done.stderr
     # A new holder replaces a dead one's leftover, and removes its own file after.
-    holder = start_holder(core, shm_dir, 0.5)
+    holder = start_verify_holder(core, shm_dir, 0.5)
     finish(holder)
     assert holder.returncode == 0, holder.stderr
     assert os.listdir(shm_dir) == []

@@ -18,7 +18,6 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import pytest
 from children import NOBODY, Forked, in_child
-from conftest import assert_locked_elsewhere, linux_only, python_with_core, skip_or_fail
+from conftest import assert_locked_elsewhere, linux_only, python_with_core, run_cli, skip_or_fail
 
 import toil_threading
 
@@ -667,23 +666,6 @@ def test_joining_an_arena_the_umask_closed_names_the_directory(core: str, shared
 
 
 # The command line in hostile directories.
-
-
-def run_cli(
-    core: str, *args: str | Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
-    if core == "pure":
-        environment["TOIL_THREADING_NO_EXTENSIONS"] = "1"
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-I", "-m", "toil_threading", *map(str, args)],
-        cwd="/",
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_inspect_shows_undecodable_names_escaped(core: str, shm_dir: Path) -> None:

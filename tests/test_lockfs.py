@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 from children import in_child
+from conftest import run_cli, start_verify_holder
 from lockfs import FS_TYPE, LockfsMounts, lockfs_mounts
 from workers import (
     ARENA_MEMBER,
@@ -153,29 +152,11 @@ def test_name_made_on_one_node_lives_and_dies_on_the_other(core: str, nodes: Nod
 
 
 def test_verify_across_two_nodes(core: str, nodes: Nodes) -> None:
-    argv = [sys.executable, "-I", "-m", "toil_threading", "verify"]
-    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
-    if core == "pure":
-        environment["TOIL_THREADING_NO_EXTENSIONS"] = "1"
-    holder = subprocess.Popen(
-        [*argv, str(nodes.a), "--hold", "5"], env=environment, cwd="/", stderr=subprocess.PIPE
-    )
+    holder = start_verify_holder(core, nodes.a, 5, seen_through=nodes.b)
     try:
-        scratch = nodes.b / "toil-threading-verify"
-        deadline = time.monotonic() + 30
-        while not (scratch.exists() and scratch.stat().st_size):
-            assert time.monotonic() < deadline and holder.poll() is None
-            time.sleep(0.02)
-        done = subprocess.run(
-            [*argv, str(nodes.b), "--json"],
-            env=environment,
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_cli(core, "verify", nodes.b, "--json")
     finally:
-        holder.wait(30)
+        holder.communicate(timeout=30)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert (found["flock"], found["posix"], found["strategy"], found["safe"]) == (

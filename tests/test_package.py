@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import CORES, load_core
+from conftest import CORES, core_environment, load_core
 
 import toil_threading
 
@@ -34,12 +34,10 @@ REFERENCE_SIGNATURES = {
 
 
 def run_fresh(code: str, **env: str) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
-    environment.update(env)
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=tempfile.gettempdir(),
-        env=environment,
+        env=core_environment("compiled", env),
         capture_output=True,
         text=True,
         check=True,
@@ -182,11 +180,10 @@ def test_a_checkout_shadowing_the_installed_package_is_named_in_the_warning() ->
     source = checkout / "toil_threading"
     if not (checkout / "csrc").is_dir() or list(source.glob("_core_c*.so")):
         pytest.skip("not run from a checkout without a compiled core built in place")
-    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"}
     done = subprocess.run(
         [sys.executable, "-c", "import toil_threading as t; print(t.ACCELERATED)"],
         cwd=checkout,  # the current directory comes first on sys.path: the source folder wins
-        env=environment,
+        env=core_environment("compiled"),
         capture_output=True,
         text=True,
         check=True,
