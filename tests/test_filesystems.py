@@ -181,3 +181,21 @@ def test_verify_without_a_live_holder(core: str, shm_dir: Path) -> None:
     finish(holder)
     assert holder.returncode == 0, holder.stderr
     assert os.listdir(shm_dir) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_verify_leaves_what_it_did_not_make(core: str, shm_dir: Path, kind: str) -> None:
+    scratch = shm_dir / "toil-threading-verify"
+    victim = shm_dir / "victim"
+    victim.write_text("someone's")
+    {
+        "fifo": lambda: os.mkfifo(scratch),
+        "symlink": lambda: scratch.symlink_to(victim),
+        "directory": scratch.mkdir,
+    }[kind]()
+    done = run_cli(core, "verify", shm_dir, "--hold", "0.1")
+    assert done.returncode == 2, done.stdout
+    assert str(scratch) in done.stderr
+    assert "holding" not in done.stderr, "said it held what it never locked"
+    assert sorted(os.listdir(shm_dir)) == ["toil-threading-verify", "victim"]
+    assert victim.read_text() == "someone's"

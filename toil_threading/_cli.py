@@ -152,13 +152,16 @@ def _run_verify(args: argparse.Namespace) -> int:
     from toil_threading import _verify
 
     if args.hold is not None:
-        print(
-            f"holding flock and a record lock on {args.directory}/{_verify.SCRATCH} for"
-            f" {args.hold:g} s; run `{PROG} verify {args.directory}` on another machine now",
-            file=sys.stderr,
-            flush=True,
-        )
-        holder = _verify.hold(args.directory, args.hold)
+
+        def say_held() -> None:
+            print(
+                f"holding flock and a record lock on {args.directory}/{_verify.SCRATCH} for"
+                f" {args.hold:g} s; run `{PROG} verify {args.directory}` on another machine now",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        holder = _verify.hold(args.directory, args.hold, say_held)
         if args.json:
             print(json.dumps({"held": holder}, indent=2))
         return 0

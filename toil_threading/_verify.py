@@ -12,13 +12,16 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 
+from . import _retry
 from ._filesystems import FLOCK_AND_RECORD, REFUSE, filesystem_report
 from ._locks import FLOCK, RECORD, RECORD_LOCKS, lock_call, unlock_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 SCRATCH = "toil-threading-verify"
@@ -42,23 +45,31 @@ def _take(fd: int, how: int, exclusive: bool) -> bool:
 
 
 def _create(path: str) -> int:
-    """Create the scratch file; a leftover of a dead holder (nobody locks it) goes first."""
+    """Create the scratch file; a leftover of a dead holder goes first: a regular file
+    nobody locks, removed while we lock it and only if it is still the one at path.
+    Anything else there (a link, a FIFO, another verify's file) is an error, left alone."""
     for _ in range(2):
         try:
             return os.open(path, _CREATE, 0o644)
         except FileExistsError:
             fd = os.open(path, _OPEN)
             try:
+                found = os.fstat(fd)
+                if not stat.S_ISREG(found.st_mode):
+                    raise _retry.not_a_regular_file(path, "a scratch file")
                 if not _take(fd, FLOCK, True):
                     raise OSError(errno.EBUSY, "another verify holds it", path) from None
+                now = os.stat(path, follow_symlinks=False)
+                if (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino):
+                    os.unlink(path)
             finally:
                 os.close(fd)
-            os.unlink(path)
     raise OSError(errno.EEXIST, "made again as fast as it was removed", path)
 
 
-def hold(directory: str, seconds: float) -> dict[str, Any]:
-    """Hold the scratch file with both kinds of lock for seconds; then remove it."""
+def hold(directory: str, seconds: float, held: Callable[[], None]) -> dict[str, Any]:
+    """Hold the scratch file with both kinds of lock for seconds (calling held once they
+    are); then remove it."""
     path = os.path.join(directory, SCRATCH)
     fd = _create(path)
     try:
@@ -74,6 +85,7 @@ def hold(directory: str, seconds: float) -> dict[str, Any]:
         }
         os.write(fd, json.dumps(holder).encode())
         os.fsync(fd)
+        held()
         time.sleep(seconds)
         return holder
     finally:
