@@ -2,17 +2,21 @@
 # cython: annotation_typing=False, auto_pickle=False, autotestdict=False
 """Compiled core of toil_threading: the package's system calls and hot loops, in C.
 
-Twin of toil_threading/_core_py.py: the same functions, signatures and behaviour.  Every
-system call that can block (on a hung network filesystem, any of them) runs without the
-GIL; the common acquisition and release each run as one such stretch.  An interrupted
+Twin of toil_threading/_core_py.py: the same classes, functions, signatures and behaviour.
+Every system call that can block (on a hung network filesystem, any of them) runs without
+the GIL; the common acquisition and release each run as one such stretch.  Every
+operation works relative to a directory opened once, and a descriptor is stored in its
+owner's field by the statement that opens it, in C: no Python runs between the two, so
+an exception raised anywhere leaves it owned (and closed by its owner) or closed.  An interrupted
 wait runs the Python signal handlers and goes on unless one of them raised, so Ctrl-C
 gives KeyboardInterrupt promptly.  Every failure is handed to toil_threading._retry, as
 the pure core does.
 """
 
-from libc.string cimport memchr, memcpy, strrchr
+from libc.string cimport memchr, memcpy
 from os import urandom
 from sys import getfilesystemencodeerrors, getfilesystemencoding
+from time import monotonic
 
 from toil_threading import _protocol as protocol
 
@@ -84,8 +88,9 @@ cdef extern from "<sys/stat.h>" nogil:
         long st_size
     int c_fstat "fstat"(int fd, stat *buf)
     int fstatat(int dirfd, const char *path, stat *buf, int flags)
-    int mkdir(const char *path, unsigned int mode)
+    int mkdirat(int dirfd, const char *path, unsigned int mode)
     bint S_ISREG(unsigned int mode)
+    bint S_ISLNK(unsigned int mode)
 
 cdef extern from "compat.h" nogil:
     void set_errno(int value)
@@ -98,6 +103,9 @@ cdef extern from "compat.h" nogil:
     int count_forks()
     unsigned long forks()
     unsigned long forks_of_ours()
+    int known_strategy(unsigned long long device)
+    void keep_strategy(unsigned long long device, int strategy, int kept)
+    int STRATEGY_SLOTS
     int record_lock(int fd, int command, short kind)
     int record_locked_elsewhere(int fd)
     int announce_waiting(int fd)
@@ -119,15 +127,6 @@ cdef extern from "<dirent.h>" nogil:
         DT_REG
         DT_UNKNOWN
 
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    enum:
-        CLOCK_MONOTONIC
-    int clock_gettime(int clock, timespec *now)
-
-
 # The protocol's facts, as C values for the hot paths.
 cdef int MUTEX_FILE_MODE = protocol.MUTEX_FILE_MODE
 cdef int NAME_FILE_MODE = protocol.NAME_FILE_MODE
@@ -141,6 +140,7 @@ cdef int REMOVED = protocol.REMOVED
 cdef int DENIED = protocol.DENIED
 cdef int WAIT_IN_KERNEL = protocol.WAIT
 cdef int NAME_LENGTH = protocol.NAME_LENGTH
+cdef int STRATEGIES_KEPT = protocol.STRATEGIES_KEPT
 cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
 cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
 
@@ -166,9 +166,11 @@ cdef int CREATE = O_CREAT | O_RDWR | COMMON
 cdef int WRITE = O_WRONLY | COMMON
 cdef int PROBE = O_RDONLY | COMMON
 cdef int CLAIM = O_CREAT | O_EXCL | O_RDWR | COMMON
-cdef int DIRECTORY = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+cdef int DIRECTORY = O_RDONLY | O_DIRECTORY | O_CLOEXEC
 
 count_forks()
+assert 0 < STRATEGIES_KEPT <= STRATEGY_SLOTS
+assert AT_FDCWD == protocol.WORKING_DIRECTORY
 
 # A file still at its path, gone from it, or another file there.
 cdef enum Sameness:
@@ -193,12 +195,6 @@ cdef enum:
     STALE = -2
 
 
-cdef double monotonic() noexcept nogil:
-    cdef timespec now
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return now.tv_sec + now.tv_nsec * 1e-9
-
-
 cdef inline bint vanished(int err) noexcept nogil:
     return err == ENOENT or err == ESTALE
 
@@ -210,31 +206,80 @@ cdef bint UTF8_PATHS = (
 )
 
 
-cdef bytes encoded(str path, str name=None):
-    """path (joined with "/" and name, if given) in the file-system encoding, refusing an
-    embedded NUL as os.open does."""
-    cdef Py_ssize_t path_size = 0, name_size = 0
-    cdef const char *path_text
-    cdef const char *name_text = NULL
+cdef bytes encoded(str path):
+    """path in the file-system encoding, refusing an embedded NUL as os.open does."""
+    cdef Py_ssize_t size = 0
+    cdef const char *text
     cdef bytes data
-    cdef char *out
     try:
         if not UTF8_PATHS:
             raise UnicodeEncodeError("utf-8", "", 0, 0, "not the file-system encoding")
-        path_text = PyUnicode_AsUTF8AndSize(path, &path_size)
-        if name is not None:
-            name_text = PyUnicode_AsUTF8AndSize(name, &name_size)
-        data = PyBytes_FromStringAndSize(NULL, path_size + (name_size + 1 if name_text else 0))
-        out = PyBytes_AS_STRING(data)
-        memcpy(out, path_text, path_size)
-        if name_text:
-            out[path_size] = b"/"
-            memcpy(out + path_size + 1, name_text, name_size)
+        text = PyUnicode_AsUTF8AndSize(path, &size)
+        data = PyBytes_FromStringAndSize(text, size)
     except UnicodeEncodeError:  # lone surrogates (undecodable bytes), or another encoding
-        data = PyUnicode_EncodeFSDefault(path if name is None else f"{path}/{name}")
+        data = PyUnicode_EncodeFSDefault(path)
     if memchr(<const char *>data, 0, len(data)) != NULL:
         raise ValueError(f"embedded null byte in path {path!r}")
     return data
+
+
+cdef inline void close_quietly(int fd) noexcept nogil:
+    """close(2), which frees the descriptor whatever it returns."""
+    if fd >= 0:
+        close(fd)
+
+
+# Directories: what every operation resolves once and works relative to.
+
+cdef class Directory:
+    """An open directory: what an operation resolves once and works relative to.
+
+    Without parent, path is opened with its last component not followed (a symbolic link
+    there is followed only where its owner is trusted: see _retry.open_linked_directory);
+    with parent, path is one entry of parent, created first with mode when mode >= 0,
+    never followed.  follow opens path as the kernel resolves it, links and all.
+    """
+    cdef readonly int fd
+    cdef readonly str path
+
+    def __cinit__(self):
+        self.fd = -1
+
+    def __init__(self, str path, Directory parent=None, int mode=-1, bint follow=False):
+        cdef bytes name
+        cdef const char *c_name
+        cdef int at = AT_FDCWD, flags = DIRECTORY if follow else DIRECTORY | O_NOFOLLOW
+        cdef int made = 0, make_err = 0, err = 0
+        if parent is None:
+            path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
+            self.path = path
+        else:
+            at = parent.fd
+            self.path = f"{parent.path}/{path}"
+        name = encoded(path)
+        c_name = name
+        with nogil:
+            if mode >= 0 and mkdirat(at, c_name, mode) != 0:
+                made, make_err = -1, errno
+            if made == 0 or make_err == EEXIST:
+                self.fd = openat(at, c_name, flags)
+                err = errno
+        if made != 0 and make_err != EEXIST:
+            raise retry_module().error(make_err, self.path)
+        if self.fd >= 0:
+            return
+        if parent is not None or follow or not (err == ENOTDIR or err == ELOOP):
+            raise retry_module().directory_error(err, self.path, at, path)
+        self.fd = retry_module().open_linked_directory(path)
+
+    def close(self):
+        cdef int fd = self.fd
+        self.fd = -1
+        with nogil:
+            close_quietly(fd)
+
+    def __dealloc__(self):
+        close_quietly(self.fd)
 
 
 # Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
@@ -285,26 +330,15 @@ cdef int let_go(int fd, int strategy, bint sole=False) noexcept nogil:
     go, with one system call fewer.
     """
     cdef int failure = 0
-    if sole:
-        return EBADF if close(fd) != 0 and errno == EBADF else 0
-    if strategy & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
-        failure = errno
-    if flock(fd, LOCK_UN) != 0 and not failure:
-        failure = errno
-    if close(fd) != 0 and not failure and errno == EBADF:
-        failure = EBADF
+    if not sole:
+        if strategy & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
+            failure = errno
+        if flock(fd, LOCK_UN) != 0 and not failure:
+            failure = errno
+    close(fd)
     if failure == EIO or failure == ENOLCK or failure == ESTALE:
         return 0
     return failure
-
-
-cdef int unlock_close(int fd, int strategy) except -1:
-    cdef int failure
-    with nogil:
-        failure = let_go(fd, strategy)
-    if failure:
-        raise retry_module().error(failure, None)
-    return 0
 
 
 def lock(int fd, bint block, bint shared, object deadline, object path):
@@ -314,7 +348,11 @@ def lock(int fd, bint block, bint shared, object deadline, object path):
 
 
 def unlock_and_close(int fd):
-    unlock_close(fd, 0)
+    cdef int failure
+    with nogil:
+        failure = let_go(fd, 0)
+    if failure:
+        raise retry_module().error(failure, None)
 
 
 def fs_magic(object target):
@@ -337,47 +375,42 @@ def fs_magic(object target):
     return info.f_type
 
 
-# How to lock on each filesystem met (its device), decided once by _filesystems.  A small
-# table, reused round-robin, so the common acquisition needs no Python at all.
-DEF KEPT = 16
-cdef dev_t kept_devices[KEPT]
-cdef int kept_strategies[KEPT]
-cdef int kept_count = 0, kept_next = 0
-
-
-cdef int known_strategy(dev_t device) noexcept nogil:
-    cdef int i
-    for i in range(kept_count):
-        if kept_devices[i] == device:
-            return kept_strategies[i]
-    return -1
-
+# How to lock on each filesystem met (its device), decided once by _filesystems and kept
+# in compat.h's table, which the common paths read without the GIL.
 
 cdef int strategy_of(int fd, dev_t device, str directory) except -2:
-    global kept_count, kept_next
     cdef int found = known_strategy(device)
     if found >= 0:
         return found
     from toil_threading import _filesystems
 
     found = _filesystems.strategy_for(fd, device, directory)
-    kept_devices[kept_next] = device
-    kept_strategies[kept_next] = found
-    kept_next = (kept_next + 1) % KEPT
-    if kept_count < KEPT:
-        kept_count += 1
+    keep_strategy(device, found, STRATEGIES_KEPT)
     return found
 
 
+def strategy(int fd, str directory):
+    """The strategy (bits) for the filesystem of the open file fd, in directory."""
+    cdef stat info
+    cdef int rc
+    with nogil:
+        rc = c_fstat(fd, &info)
+    if rc != 0:
+        raise retry_module().error(errno, None)
+    return strategy_of(fd, info.st_dev, directory)
+
+
 cdef Sameness compare(
-    int fd, int dir_fd, const char *name, int strategy, int *err, long *size=NULL
+    int fd, int dir_fd, const char *name, int strategy, bint removing, int *err,
+    long *size=NULL
 ) noexcept nogil:
     """Does name (relative to dir_fd) still name the locked file open at fd?
 
-    On a local filesystem the locked descriptor answers: nobody unlinks a lock file but
-    its holder, so a file with one link is still at its path.  A shared filesystem's
-    cached attributes may lie, so there the path is opened afresh (which the server
-    resolves) and compared.  Sets err when it cannot tell; a symlink is another file.
+    Acquiring on a local filesystem, the locked descriptor answers: nobody unlinks a lock
+    file but its holder, so a file with one link is still at its name.  Before removing
+    the entry (removing), its device and inode are compared with ours, everywhere; a
+    shared filesystem's cached attributes may lie, so there the name is opened afresh
+    (which the server resolves).  Sets err when it cannot tell; a symlink is another file.
     Where size is given, it gets the file's size.
     """
     cdef stat held, named
@@ -391,34 +424,43 @@ cdef Sameness compare(
         size[0] = held.st_size
     if held.st_nlink == 0:
         return GONE
-    if held.st_nlink == 1 and not strategy & SHARED:
+    if held.st_nlink == 1 and not removing and not strategy & SHARED:
         return SAME
-    named_fd = openat(dir_fd, name, PROBE)
-    if named_fd < 0:
-        if errno == ELOOP:
-            return REPLACED
+    if strategy & SHARED:
+        named_fd = openat(dir_fd, name, PROBE)
+        if named_fd < 0:
+            if errno == ELOOP:
+                return REPLACED
+            if not vanished(errno):
+                err[0] = errno
+            return GONE
+        rc = c_fstat(named_fd, &named)
+        if rc != 0 and errno != ESTALE:
+            err[0] = errno
+        close(named_fd)
+        if rc != 0:
+            return GONE
+    elif fstatat(dir_fd, name, &named, AT_SYMLINK_NOFOLLOW) != 0:
         if not vanished(errno):
             err[0] = errno
         return GONE
-    rc = c_fstat(named_fd, &named)
-    if rc != 0 and errno != ESTALE:
-        err[0] = errno
-    close(named_fd)
-    if rc != 0:
-        return GONE
+    elif S_ISLNK(named.st_mode):
+        return REPLACED
     return SAME if named.st_dev == held.st_dev and named.st_ino == held.st_ino else REPLACED
 
 
 def same_file(int fd, str path):
     cdef bytes name = encoded(path)
     cdef const char *c_name = name
-    cdef int err = 0
+    cdef int err = 0, rc
     cdef Sameness sameness
     cdef stat info
-    if c_fstat(fd, &info) != 0:  # the descriptor is at fault, not the path
+    with nogil:
+        rc = c_fstat(fd, &info)
+    if rc != 0:  # the descriptor is at fault, not the path
         raise retry_module().error(errno, None)
     with nogil:
-        sameness = compare(fd, AT_FDCWD, c_name, SHARED, &err)
+        sameness = compare(fd, AT_FDCWD, c_name, SHARED, True, &err)
     if err:
         raise retry_module().error(err, path)
     return sameness == SAME
@@ -427,8 +469,9 @@ def same_file(int fd, str path):
 # global_mutex: the mutex file, opened, locked and verified, then unlinked and let go.
 
 
-cdef int open_lock_file(str directory, str path, bytes name, object deadline) except -1:
-    """Open (creating it if missing) the lock file at path, never through a symlink.
+cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, object deadline) except -1:
+    """Open (creating it if missing) the lock file name in the directory open at dir_fd,
+    never through a symlink.
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
@@ -438,10 +481,11 @@ cdef int open_lock_file(str directory, str path, bytes name, object deadline) ex
     cdef const char *c_name = name
     while True:
         with nogil:
-            fd = c_open(c_name, flags, MUTEX_FILE_MODE)
+            fd = openat(dir_fd, c_name, flags, MUTEX_FILE_MODE)
             err = errno
         if fd >= 0:
             return fd
+        path = f"{directory}/{filename}"
         if err == EINTR:
             check_signals()
         elif err == EACCES and flags != PROBE:
@@ -454,18 +498,16 @@ cdef int open_lock_file(str directory, str path, bytes name, object deadline) ex
                 raise retry_module().error(EACCES, path)
             flags = CREATE
         elif err == ENXIO or err == EISDIR:
-            raise retry_module().not_a_regular_file(path, "a lock file")
+            raise retry_module().not_a_regular_file(path, "a lock file", dir_fd, filename)
         elif vanished(err) or err == EEXIST:
             tries += 1
-            retry_module().vanished(err, tries, deadline, directory, path)
-        elif err == ENOTDIR:
-            raise retry_module().error(err, directory)
+            retry_module().vanished(err, tries, deadline, dir_fd, directory, path)
         else:
             raise retry_module().error(err, path)
 
 
 cdef int lock_new(
-    int fd, str directory, bytes name, str shown, int dir_fd, bint block, object deadline
+    int fd, int dir_fd, str directory, str filename, bytes name, bint block, object deadline
 ) except -3:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
@@ -475,6 +517,7 @@ cdef int lock_new(
     cdef int rc, err = 0, strategy, had
     cdef Sameness sameness
     cdef const char *c_name = name
+    shown = f"{directory}/{filename}"
     with nogil:
         rc = c_fstat(fd, &info)
         err = errno
@@ -483,7 +526,7 @@ cdef int lock_new(
             return STALE  # opened through a stale cache entry: the file is gone
         raise retry_module().error(err, shown)
     if not S_ISREG(info.st_mode):
-        raise retry_module().not_a_regular_file(shown, "a lock file")
+        raise retry_module().not_a_regular_file(shown, "a lock file", dir_fd, filename)
     try:
         strategy = strategy_of(fd, info.st_dev, directory)
         had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0)
@@ -496,7 +539,7 @@ cdef int lock_new(
     if had > WAITED:
         return LOST  # held, and not to be waited for (a poller looking at a new file)
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, &err)
+        sameness = compare(fd, dir_fd, c_name, strategy, False, &err)
     if err:
         raise retry_module().error(err, shown)
     if sameness == SAME:
@@ -506,25 +549,24 @@ cdef int lock_new(
 
 cdef int release_at(
     int fd, int dir_fd, bytes name, str shown, int strategy, bint keep_for_waiters=False,
-    bint sole=False
+    bint sole=False, int close_too=-1
 ) except -1:
-    """Unlink the lock file if it is still ours, then let go of it: all of it before any
-    Python runs, so nothing can leave the lock held or the descriptor open.  With
-    keep_for_waiters, a file others announced they wait on stays, for them to lock; a sole
-    descriptor is only closed (see let_go).  shown names the file in messages (None: name,
-    decoded, does)."""
+    """Unlink the lock file if the entry at name is still fd's file, then let go of it and
+    close close_too (a directory opened for the hold, or -1): all of it before any Python
+    runs, so nothing can leave the lock held or a descriptor open.  With keep_for_waiters,
+    a file others announced they wait on stays, for them to lock; a sole descriptor is only
+    closed (see let_go)."""
     cdef int err = 0, unlink_err = 0, failure
     cdef long size = 0
     cdef Sameness sameness
     cdef const char *c_name = name
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, &err, &size)
+        sameness = compare(fd, dir_fd, c_name, strategy, True, &err, &size)
         if sameness == SAME and not (keep_for_waiters and size > 0 and waiters_announced(fd)):
             if unlinkat(dir_fd, c_name, 0) != 0:
                 unlink_err = errno
         failure = let_go(fd, strategy, sole)
-    if shown is None and (err or unlink_err or failure or sameness != SAME):
-        shown = PyUnicode_DecodeFSDefaultAndSize(c_name, len(name))
+        close_quietly(close_too)
     if unlink_err == EPERM or unlink_err == EACCES:
         retry_module().kept(shown, unlink_err)
         unlink_err = 0
@@ -568,55 +610,72 @@ cdef bint quick_claim(int fd) noexcept nogil:
 cdef class HeldMutex:
     """What global_mutex returns: a context manager holding the mutex file while entered.
 
-    Dropped while entered (never exited), it lets the mutex go when collected.
+    directory is where the mutex lives: a Directory the caller keeps open, or a path,
+    opened once at each entry and kept until the exit, so that the release happens in the
+    directory the mutex was taken in.  Dropped while entered (never exited), it lets the
+    mutex go when collected.
     """
-    cdef readonly str base_dir, filename
+    cdef Directory given, opened
+    cdef str base_dir, filename
+    cdef bytes base, name
     cdef object timeout
-    cdef bytes name
-    cdef int fd, strategy
+    cdef int fd, own_dir, strategy
     cdef unsigned long forks, forks_made
 
     def __cinit__(self):
-        self.fd = -1
+        self.fd = self.own_dir = -1
 
-    def __init__(self, str base_dir, str filename, object timeout):
-        self.base_dir, self.filename, self.timeout = base_dir, filename, timeout
-        self.name = encoded(base_dir, filename)
-
-    cdef str path(self):
-        """The mutex file's path, for messages (made only when one is needed)."""
-        return f"{self.base_dir}/{self.filename}"
+    def __init__(self, object directory, str filename, object timeout):
+        if isinstance(directory, Directory):
+            self.given = directory
+            self.base_dir = self.given.path
+        else:
+            self.base_dir = (<str?>directory).rstrip("/") or "/"  # a trailing slash follows
+            self.base = encoded(self.base_dir)
+        self.filename, self.timeout = filename, timeout
+        self.name = encoded(filename)
 
     def __enter__(self):
-        cdef int fd, strategy = 0, stale = 0
+        cdef int dir_fd = -1, strategy = 0, stale = 0
         cdef stat info
         cdef bint quick = False
         cdef const char *name = self.name
-        if self.fd >= 0:
+        cdef const char *base = NULL
+        if self.fd >= 0 or self.own_dir >= 0 or self.opened is not None:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        deadline = None if self.timeout is None else monotonic() + <double>self.timeout
+        deadline = None if self.timeout is None else monotonic() + self.timeout
+        if self.given is not None:
+            dir_fd = self.given.fd
+        else:
+            base = self.base
         with nogil:
-            fd = c_open(name, CREATE, MUTEX_FILE_MODE)
-            if fd >= 0:
-                quick = quick_lock(fd, &info)
-        while not quick:
-            if fd < 0:
-                fd = open_lock_file(self.base_dir, self.path(), self.name, deadline)
-            try:
-                strategy = lock_new(fd, self.base_dir, self.name, self.path(), AT_FDCWD, True, deadline)
-            except BaseException:
-                close(fd)
-                raise
-            if strategy >= 0:
-                break
-            # The previous holder unlinked (or someone replaced) the file while we waited;
-            # or a stale cache showed us a file already gone: then pause, within bounds.
-            close(fd)
-            fd = -1
-            stale = stale + 1 if strategy == STALE else 0
-            if stale:
-                retry_module().vanished(ESTALE, stale, deadline, self.base_dir, self.path())
-        self.fd, self.strategy, self.forks, self.forks_made = fd, strategy, forks(), forks_of_ours()
+            if base != NULL:
+                self.own_dir = c_open(base, DIRECTORY | O_NOFOLLOW)
+                dir_fd = self.own_dir
+            if dir_fd >= 0:
+                self.fd = openat(dir_fd, name, CREATE, MUTEX_FILE_MODE)
+                quick = self.fd >= 0 and quick_lock(self.fd, &info)
+        try:
+            if dir_fd < 0 and self.given is None:  # a link there, or an error to word
+                self.opened = Directory(self.base_dir)
+                dir_fd = self.opened.fd
+            while not quick:
+                if self.fd < 0:
+                    self.fd = open_lock_file(dir_fd, self.base_dir, self.filename, self.name, deadline)
+                strategy = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True, deadline)
+                if strategy >= 0:
+                    break
+                # The previous holder unlinked (or someone replaced) the file while we
+                # waited; or a stale cache showed us a file already gone: then pause.
+                self.close_file()
+                stale = stale + 1 if strategy == STALE else 0
+                if stale:
+                    path = f"{self.base_dir}/{self.filename}"
+                    retry_module().vanished(ESTALE, stale, deadline, dir_fd, self.base_dir, path)
+        except BaseException:
+            self.abandon()
+            raise
+        self.strategy, self.forks, self.forks_made = strategy, forks(), forks_of_ours()
 
     def __exit__(self, exc_type, exc, traceback):
         if self.fd < 0:
@@ -624,21 +683,51 @@ cdef class HeldMutex:
         self.end_hold()
 
     def __del__(self):
-        if self.fd >= 0:
-            self.end_hold()
+        try:
+            if self.fd >= 0:
+                self.end_hold()
+            else:
+                self.abandon()
+        except Exception:  # the lock is let go whatever failed; a collector cannot raise
+            pass
+
+    cdef void close_file(self) noexcept:
+        cdef int fd = self.fd
+        self.fd = -1
+        with nogil:
+            close_quietly(fd)
+
+    cdef void abandon(self) noexcept:
+        """Close what an entry that failed had opened (no lock is held)."""
+        cdef int fd = self.fd, own = self.own_dir
+        self.fd = self.own_dir = -1
+        with nogil:
+            close_quietly(fd)
+            close_quietly(own)
+        self.opened = None
 
     cdef int end_hold(self) except -1:
-        cdef int fd = self.fd
+        cdef int fd = self.fd, own = self.own_dir
+        cdef int dir_fd = own
         cdef bint local, sole
-        self.fd = -1
-        if self.forks != forks():
-            close(fd)  # entered before the fork that made us: the lock is the parent's
-            return 0
-        # On a local filesystem: keep the file for announced waiters; and with no fork since
-        # we took it, our descriptor is the only one, so closing it lets the lock go.
-        local = self.strategy == 0
-        sole = local and self.forks_made == forks_of_ours()
-        return release_at(fd, AT_FDCWD, self.name, None, self.strategy, local, sole)
+        self.fd = self.own_dir = -1
+        if dir_fd < 0:
+            dir_fd = (self.given if self.opened is None else self.opened).fd
+        try:
+            if self.forks != forks():
+                with nogil:  # entered before the fork that made us: the lock is the parent's
+                    close(fd)
+                    close_quietly(own)
+                return 0
+            # On a local filesystem: keep the file for announced waiters; and with no fork
+            # since we took it, our descriptor is the only one, so closing it lets the lock
+            # go.
+            local = self.strategy == 0
+            sole = local and self.forks_made == forks_of_ours()
+            return release_at(fd, dir_fd, self.name, f"{self.base_dir}/{self.filename}",
+                              self.strategy, local, sole, own)
+        finally:
+            self.opened = None
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.
@@ -681,99 +770,115 @@ cdef bint is_name(const char *name) noexcept nogil:
     return name[prefix + 8] == 0
 
 
-cdef tuple claim_at(int dir_fd, str directory):
-    """Create and lock a fresh name file in directory (relative to dir_fd if not AT_FDCWD).
+cdef class Held:
+    """A name or member file, made fresh in directory and locked by this process.
 
-    A name taken already (EEXIST), a file gone under a stale cache, or one a poller is
-    looking at: try another name, pausing from the second miss on, within bounds."""
-    cdef int fd, err, strategy, misses = 0
-    cdef bytes name
-    cdef const char *c_name
-    cdef bint quick
-    while True:
-        base = fresh_name()
-        name = encoded(directory, base) if dir_fd == AT_FDCWD else encoded(base)
-        c_name = name
-        with nogil:
-            fd = openat(dir_fd, c_name, CLAIM, NAME_FILE_MODE)
-            err = errno
-            quick = fd >= 0 and quick_claim(fd)
-        if quick:
-            return fd, base
+    It keeps directory, so that release() removes the file from the directory it was made
+    in.  Dropped without release(), its descriptor is closed (the lock goes, the file
+    stays: a dead name, removed by the next probe of it).
+    """
+    cdef readonly Directory directory
+    cdef readonly str name
+    cdef int descriptor, strategy
+
+    def __cinit__(self):
+        self.descriptor = -1
+
+    def __init__(self, Directory directory not None):
+        cdef int err, strategy, misses = 0, dir_fd = directory.fd
+        cdef bytes name
+        cdef const char *c_name
+        cdef bint quick
+        self.directory = directory
+        self.name = ""
+        # A name taken already (EEXIST), a file gone under a stale cache, or one a poller
+        # is looking at: try another name, pausing from the second miss on, within bounds.
+        while True:
+            base = fresh_name()
+            name = encoded(base)
+            c_name = name
+            with nogil:
+                self.descriptor = openat(dir_fd, c_name, CLAIM, NAME_FILE_MODE)
+                err = errno
+                quick = self.descriptor >= 0 and quick_claim(self.descriptor)
+            if quick:
+                self.name = base
+                return
+            if self.descriptor < 0:
+                if err == EINTR:
+                    check_signals()
+                    continue
+                if err != EEXIST and not vanished(err):
+                    raise retry_module().error(err, directory.path)
+            else:
+                try:
+                    strategy = lock_new(self.descriptor, dir_fd, directory.path, base, name, False, None)
+                except BaseException:
+                    self.abandon(name, base)
+                    raise
+                if strategy >= 0:
+                    self.name, self.strategy = base, strategy
+                    return
+                self.close()
+                err = ESTALE if strategy == STALE else EEXIST
+            misses += 1
+            retry_module().vanished(err, misses, None, dir_fd, directory.path, directory.path)
+
+    cdef int abandon(self, bytes name, str text) except -1:
+        """After a claim failed: remove the file just made, if the entry at its name is
+        still it, and close it, so that a failed claim leaves nothing behind."""
+        cdef int fd = self.descriptor
+        self.descriptor = -1
+        try:
+            release_at(fd, self.directory.fd, name, f"{self.directory.path}/{text}", 0)
+        except OSError:
+            pass  # closed whatever failed (see release_at): the claim's error is the one told
+        return 0
+
+    @property
+    def held(self):
+        return self.descriptor >= 0
+
+    @property
+    def fd(self):
+        return self.descriptor
+
+    def gone(self):
+        """Whether the file is gone from every directory (its directory was cleaned up)."""
+        cdef stat info
+        cdef int rc, fd = self.descriptor
         if fd < 0:
-            if err == EINTR:
-                check_signals()
-                continue
-            if err != EEXIST and not vanished(err):
-                raise retry_module().error(err, directory)
-        else:
-            try:
-                strategy = lock_new(fd, directory, name, f"{directory}/{base}", dir_fd, False, None)
-            except BaseException:
-                close(fd)
-                raise
-            if strategy >= 0:
-                return fd, base
-            close(fd)
-            err = ESTALE if strategy == STALE else EEXIST
-        misses += 1
-        retry_module().vanished(err, misses, None, directory, directory)
+            return True
+        with nogil:
+            rc = c_fstat(fd, &info)
+        return rc != 0 or info.st_nlink == 0  # a failure is ESTALE: gone on the server
 
+    def release(self):
+        """Remove the file if the entry at its name is still it, and let go of it."""
+        cdef int fd = self.descriptor
+        if fd < 0:
+            raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
+        self.descriptor = -1
+        release_at(fd, self.directory.fd, encoded(self.name),
+                   f"{self.directory.path}/{self.name}", self.strategy)
 
-def claim_name(str directory):
-    return claim_at(AT_FDCWD, directory)
+    def close(self):
+        """Close without unlocking or removing (after a fork: the lock is the parent's)."""
+        cdef int fd = self.descriptor
+        self.descriptor = -1
+        with nogil:
+            close_quietly(fd)
 
-
-cdef int open_directory(str directory) except -1:
-    cdef bytes path = encoded(directory)
-    cdef const char *c_path = path
-    cdef int fd
-    with nogil:
-        fd = c_open(c_path, DIRECTORY)
-    if fd < 0:
-        raise retry_module().directory_error(errno, directory)
-    return fd
-
-
-def claim_member(str directory):
-    cdef bytes path = encoded(directory)
-    cdef const char *c_path = path
-    cdef int rc, dir_fd
-    with nogil:
-        rc = mkdir(c_path, MEMBERS_DIRECTORY_MODE)
-    if rc != 0 and errno != EEXIST:
-        raise retry_module().error(errno, directory)
-    dir_fd = open_directory(directory)
-    try:
-        return claim_at(dir_fd, directory)
-    finally:
-        close(dir_fd)
-
-
-cdef int strategy_of_open(int fd, str directory) except -2:
-    """The strategy for an open lock file (its descriptor must stay open)."""
-    cdef stat info
-    cdef int rc
-    with nogil:
-        rc = c_fstat(fd, &info)
-    return strategy_of(fd, info.st_dev, directory) if rc == 0 else 0
-
-
-def release(int fd, str directory, str name):
-    cdef int strategy = 0
-    try:
-        strategy = strategy_of_open(fd, directory)
-    finally:
-        release_at(fd, AT_FDCWD, encoded(directory, name), None, strategy)
+    def __dealloc__(self):
+        close_quietly(self.descriptor)
 
 
 cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state) noexcept nogil:
     """The common probe, all without the GIL: a regular file on a local filesystem
-    already met, with one link.  False (having changed nothing) hands over to the general
-    path, which also words the errors."""
-    cdef stat info
+    already met.  False (having changed nothing) hands over to the general path, which
+    also words the errors."""
+    cdef stat info, named
     cdef int fd = openat(dir_fd, name, PROBE)
-    cdef const char *base
     if fd < 0:
         return False
     if c_fstat(fd, &info) != 0 or not S_ISREG(info.st_mode) or known_strategy(info.st_dev) != 0:
@@ -783,10 +888,13 @@ cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state
         state[0] = ALIVE if errno == EAGAIN else -1
         close(fd)
         return state[0] == ALIVE
-    base = strrchr(name, b"/")
-    if not (remove_dead and info.st_size == 0 and is_name(name if base == NULL else base + 1)):
+    if not (remove_dead and info.st_size == 0 and is_name(name)):
         state[0] = DEAD
-    elif info.st_nlink == 1 and unlinkat(dir_fd, name, 0) == 0:
+    elif (
+        fstatat(dir_fd, name, &named, AT_SYMLINK_NOFOLLOW) == 0
+        and named.st_dev == info.st_dev and named.st_ino == info.st_ino
+        and unlinkat(dir_fd, name, 0) == 0
+    ):
         state[0] = REMOVED
     else:
         state[0] = -1
@@ -795,18 +903,18 @@ cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state
     return state[0] >= 0
 
 
-cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_dead) except -1:
-    """What the file at name (relative to dir_fd) says of its owner: ALIVE, DEAD, REMOVED,
-    DENIED or ABSENT (also for anything that is not a regular file: never ours).
+cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) except -1:
+    """What the file at name in directory says of its owner: ALIVE, DEAD, REMOVED, DENIED
+    or ABSENT (also for anything that is not a regular file: never ours).
 
     Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
     unlocked empty file named like ours is removed, while it is still the one found."""
-    cdef int fd, err = 0, strategy, rc, unlink_err, failure
+    cdef int fd, err = 0, strategy, rc, unlink_err, failure, dir_fd = directory.fd
     cdef stat info
     cdef Sameness sameness
     cdef const char *c_name = name
-    cdef bytes base
     cdef int replaced = 0
+    shown = f"{directory.path}/{text}"
     while True:
         with nogil:
             fd = openat(dir_fd, c_name, PROBE)
@@ -821,11 +929,12 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
         try:
             with nogil:
                 rc = c_fstat(fd, &info)
+                err = errno
             if rc != 0:
-                raise retry_module().error(errno, shown)
+                raise retry_module().error(err, shown)
             if not S_ISREG(info.st_mode):
                 return ABSENT
-            strategy = strategy_of(fd, info.st_dev, directory)
+            strategy = strategy_of(fd, info.st_dev, directory.path)
             try:
                 if lock_fd(fd, FLOCK, False, False, None, shown) > WAITED:
                     return ALIVE
@@ -836,16 +945,16 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
             if strategy & RECORD_LOCK:
                 with nogil:
                     rc = record_locked_elsewhere(fd)
+                    err = errno
                 if rc < 0:
-                    raise retry_module().error(errno, shown)
+                    raise retry_module().error(err, shown)
                 if rc:
                     return ALIVE
-            base = name.rpartition(b"/")[2]
-            if not (remove_dead and info.st_size == 0 and is_name(base)):
+            if not (remove_dead and info.st_size == 0 and is_name(c_name)):
                 return DEAD
             unlink_err = 0
             with nogil:
-                sameness = compare(fd, dir_fd, c_name, strategy, &err)
+                sameness = compare(fd, dir_fd, c_name, strategy, True, &err)
                 if not err and sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
                     unlink_err = errno
             if err:
@@ -865,35 +974,43 @@ cdef int probe_at(int dir_fd, bytes name, str shown, str directory, bint remove_
                 raise retry_module().error(failure, shown)
         # A new file took the name between our open and our check: look at that one.
         replaced += 1
-        retry_module().vanished(ESTALE, replaced, None, directory, shown)
+        retry_module().vanished(ESTALE, replaced, None, dir_fd, directory.path, shown)
 
 
-def probe(str directory, str name, bint remove_dead):
-    cdef bytes path = encoded(directory, name)
+def probe(Directory directory not None, str name, bint remove_dead):
+    cdef bytes path = encoded(name)
     cdef const char *c_path = path
-    cdef int state = ABSENT
+    cdef int state = ABSENT, dir_fd = directory.fd
     cdef bint quick
     with nogil:
-        quick = quick_probe(AT_FDCWD, c_path, remove_dead, &state)
+        quick = quick_probe(dir_fd, c_path, remove_dead, &state)
     if quick:
         return state
-    return probe_at(AT_FDCWD, path, f"{directory}/{name}", directory, remove_dead)
+    return probe_at(directory, path, name, remove_dead)
 
 
-cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live):
-    """Probe every entry of the open directory named like ours (dir_fd is closed)."""
-    cdef DIR *listing
+def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
+    """Probe every entry of directory named like ours; with stop_at_live, stop at the
+    first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
+    cdef DIR *listing = NULL
     cdef dirent *entry
     cdef stat info
-    cdef int err, state = ABSENT, rc
+    cdef int err, state = ABSENT, rc, fd, dir_fd = directory.fd
     cdef bint quick
     cdef list found = []
     cdef bytes name
-    listing = fdopendir(dir_fd)
-    if listing == NULL:
+    with nogil:
+        # A descriptor of its own (its own read offset), which closedir closes.
+        fd = openat(dir_fd, ".", DIRECTORY)
+        if fd >= 0:
+            listing = fdopendir(fd)
+            if listing == NULL:
+                err = errno
+                close(fd)
+                set_errno(err)
         err = errno
-        close(dir_fd)
-        raise retry_module().error(err, directory)
+    if listing == NULL:
+        raise retry_module().error(err, directory.path)
     try:
         while True:
             with nogil:
@@ -902,7 +1019,7 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
                 err = errno
             if entry == NULL:
                 if err:
-                    raise retry_module().error(err, directory)
+                    raise retry_module().error(err, directory.path)
                 return found
             if not is_name(entry.d_name):
                 continue  # not ours: never counted, never removed
@@ -918,37 +1035,14 @@ cdef list scan_at(int dir_fd, str directory, bint remove_dead, bint stop_at_live
             with nogil:
                 quick = quick_probe(dir_fd, entry.d_name, remove_dead, &state)
             if not quick:
-                state = probe_at(dir_fd, name, f"{directory}/{text}", directory, remove_dead)
+                state = probe_at(directory, name, text, remove_dead)
             if state != ABSENT:
                 found.append((text, state))
-            if stop_at_live and (state == ALIVE or state == DENIED):
+            if stop_at_live and state == ALIVE:
                 return found
     finally:
-        closedir(listing)
-
-
-def scan(str directory, bint remove_dead):
-    return scan_at(open_directory(directory), directory, remove_dead, False)
-
-
-def leave_arena(int fd, str directory, str name):
-    cdef int dir_fd, strategy = 0
-    try:
-        dir_fd = open_directory(directory)
-    except BaseException:
-        close(fd)
-        raise
-    try:
-        try:
-            strategy = strategy_of_open(fd, directory)
-        finally:
-            release_at(fd, dir_fd, encoded(name), f"{directory}/{name}", strategy)
-    except BaseException:
-        close(dir_fd)
-        raise
-    found = scan_at(dir_fd, directory, True, True)
-    last = found[len(found) - 1] if found else None
-    return last if last is not None and last[1] in (ALIVE, DENIED) else None
+        with nogil:
+            closedir(listing)
 
 
 # Small files (cgroup settings, /proc), read whole with the system calls.
@@ -975,18 +1069,20 @@ def read_text(str path):
         if rc != 0:
             raise retry_module().error(err, path)
         if not S_ISREG(info.st_mode):
-            raise retry_module().not_a_regular_file(path, "a file to read")
+            raise retry_module().not_a_regular_file(path, "a file to read", AT_FDCWD, path)
         while True:
             with nogil:
                 got = read(fd, buffer, sizeof(buffer))
+                err = errno
             if got < 0:
-                if errno == EINTR:
+                if err == EINTR:
                     check_signals()
                     continue
-                raise retry_module().error(errno, path)
+                raise retry_module().error(err, path)
             if got == 0:
                 break
             chunks.append(buffer[:got])
     finally:
-        close(fd)
+        with nogil:
+            close(fd)
     return b"".join(chunks).decode("utf-8", "surrogateescape")

@@ -38,6 +38,50 @@ static inline int count_forks(void) {
 static inline unsigned long forks(void) { return forks_seen; }
 static inline unsigned long forks_of_ours(void) { return forks_made; }
 
+/* How to lock on each filesystem met (its device), kept for the process.  Slots are
+   written with the GIL held (one writer at a time) and read without it, on the common
+   paths, so each is published under a sequence count (a seqlock): a reader that finds the
+   count odd, or changed while it read, treats the slot as unknown and takes the slow path,
+   which asks again with the GIL.  A device is never paired with another's strategy. */
+#define STRATEGY_SLOTS 64
+static struct strategy_slot {
+    unsigned long sequence;
+    unsigned long long device;
+    int strategy;
+} strategy_slots[STRATEGY_SLOTS];
+static int strategy_slots_used, strategy_slot_next;
+
+static inline int known_strategy(unsigned long long device) {
+    int used = __atomic_load_n(&strategy_slots_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < used; i++) {
+        struct strategy_slot *slot = &strategy_slots[i];
+        unsigned long before = __atomic_load_n(&slot->sequence, __ATOMIC_ACQUIRE);
+        unsigned long long found = __atomic_load_n(&slot->device, __ATOMIC_RELAXED);
+        int strategy = __atomic_load_n(&slot->strategy, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (before & 1 || __atomic_load_n(&slot->sequence, __ATOMIC_RELAXED) != before)
+            continue;
+        if (found == device)
+            return strategy;
+    }
+    return -1;
+}
+
+/* With the GIL held; kept is how many slots to use (the protocol's count, at most
+   STRATEGY_SLOTS). */
+static inline void keep_strategy(unsigned long long device, int strategy, int kept) {
+    struct strategy_slot *slot = &strategy_slots[strategy_slot_next];
+    unsigned long sequence = slot->sequence;
+    __atomic_store_n(&slot->sequence, sequence + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&slot->device, device, __ATOMIC_RELAXED);
+    __atomic_store_n(&slot->strategy, strategy, __ATOMIC_RELAXED);
+    __atomic_store_n(&slot->sequence, sequence + 2, __ATOMIC_RELEASE);
+    strategy_slot_next = (strategy_slot_next + 1) % kept;
+    if (strategy_slots_used < kept)
+        __atomic_store_n(&strategy_slots_used, strategy_slots_used + 1, __ATOMIC_RELEASE);
+}
+
 /* A whole-file record lock request of the given type (F_RDLCK, F_WRLCK, F_UNLCK). */
 static inline int record_lock(int fd, int command, short type) {
     struct flock lock = {0};

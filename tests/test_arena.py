@@ -92,8 +92,8 @@ def test_member_file_layout(core: str, shm_dir: Path) -> None:
         assert arena.lockfileName is not None and arena.lockfileName.startswith("tmp")
         assert len(arena.lockfileName) == 11
         info = os.stat(shm_dir / "pool-arena-members" / members[0])
-        # Readable by others, so another user's probe can lock it; writable by its owner only.
-        assert info.st_mode & 0o777 == 0o644 & ~current_umask()
+        # Its owner's alone (as Toil's are): no other user can open it to lock it.
+        assert info.st_mode & 0o777 == 0o600 & ~current_umask()
         assert not (shm_dir / "toil-mutex-pool-arena-lock").exists()
     finally:
         assert list(arena.leave()) == [True]

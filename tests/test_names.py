@@ -47,7 +47,8 @@ def test_name_is_stable_and_on_disk(core: str, shm_dir: Path, tmp_path: Path) ->
     assert name.startswith("tmp") and len(name) == 11
     info = (shm_dir / name).stat()
     # Readable by others, so another user's probe can lock it; writable by its owner only.
-    assert stat.S_IMODE(info.st_mode) == 0o644 & ~current_umask()
+    # Its owner's alone (as Toil's are): no other user can open it to lock it.
+    assert stat.S_IMODE(info.st_mode) == 0o600 & ~current_umask()
     assert toil_threading.current_process_name_for[str(shm_dir)] == name
     assert toil_threading.get_process_name(tmp_path) != name
     assert toil_threading.process_name_exists(shm_dir, name)
@@ -287,15 +288,17 @@ def test_toil_sees_our_names_and_we_see_toils(core: str, shm_dir: Path, toil_pyt
 def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak: None) -> None:
     core_module = toil_threading._impl.core
     owner, name = named_owner(core, shm_dir)
+    directory = core_module.Directory(str(shm_dir))
     try:
-        assert core_module.probe(str(shm_dir), name, False) == ALIVE
+        assert core_module.probe(directory, name, False) == ALIVE
         owner.kill()
         owner.wait()
-        assert core_module.probe(str(shm_dir), name, False) == DEAD
+        assert core_module.probe(directory, name, False) == DEAD
         assert (shm_dir / name).exists(), "a read-only probe removed a file"
-        assert core_module.probe(str(shm_dir), name, True) == REMOVED
+        assert core_module.probe(directory, name, True) == REMOVED
         assert not (shm_dir / name).exists()
-        assert core_module.probe(str(shm_dir), name, False) == ABSENT
+        assert core_module.probe(directory, name, False) == ABSENT
     finally:
+        directory.close()
         owner.kill()
         owner.wait()

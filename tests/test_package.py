@@ -70,8 +70,8 @@ def test_accelerated_matches_the_core_in_use() -> None:
 
 def crossing(module: object) -> dict[str, inspect.Signature]:
     """The public functions a core defines (not those it imports), and of each class it
-    defines, the context-manager methods and the properties (a compiled class's own
-    signature is opaque: stubtest holds it to the .pyi)."""
+    defines, the public and context-manager methods and the data attributes (a compiled
+    class's constructor signature is opaque: stubtest holds it to the .pyi)."""
     found = {}
     for name, value in vars(module).items():
         if name.startswith("_") or not callable(value):
@@ -83,11 +83,17 @@ def crossing(module: object) -> dict[str, inspect.Signature]:
             continue
         for attribute in dir(value):
             member = getattr(value, attribute)
-            if attribute in ("__enter__", "__exit__"):
-                found[f"{name}.{attribute}"] = inspect.signature(member)
+            if attribute in ("__enter__", "__exit__") or (
+                not attribute.startswith("_") and callable(member)
+            ):
+                signature = inspect.signature(member)  # less self, whose kind differs
+                found[f"{name}.{attribute}"] = signature.replace(
+                    parameters=list(signature.parameters.values())[1:]
+                )
             elif not attribute.startswith("_") and type(member).__name__ in (
                 "property",
                 "getset_descriptor",
+                "member_descriptor",  # a pure class's __slots__ field, a compiled one's readonly
             ):
                 found[f"{name}.{attribute}"] = inspect.Signature()
     return found

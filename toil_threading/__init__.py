@@ -227,23 +227,24 @@ def safe_lock(
     available, and TimeoutError when a blocking lock with ``timeout`` (seconds) is not
     had in time.
     """
+    fd = _checks.descriptor(fd)
     deadline = None
     if timeout is not None:
         _checks.seconds(timeout, "timeout")
         if not block:
             raise ValueError("timeout only applies to a blocking lock (block=True)")
         deadline = time.monotonic() + timeout
-    _impl.core.lock(fd, block, shared, deadline, None)
+    _impl.core.lock(fd, bool(block), bool(shared), deadline, None)
 
 
 def safe_unlock_and_close(fd: int) -> None:
     """Release the flock on fd and close it; EIO/ENOLCK on release are ignored (close releases)."""
-    _impl.core.unlock_and_close(fd)
+    _impl.core.unlock_and_close(_checks.descriptor(fd))
 
 
 def locked_file_is(fd: int, path: "StrPath") -> bool:
     """True if path names the same file (device and inode) as the open descriptor fd."""
-    return _impl.core.same_file(fd, _checks.directory(path, "path"))
+    return _impl.core.same_file(_checks.descriptor(fd), _checks.directory(path, "path"))
 
 
 def ensure_filesystem_lockable(
@@ -299,7 +300,7 @@ def global_mutex(
     if filename is None:
         _checks.name(mutex, "mutex name", len(MUTEX_PREFIX))
         filename = _checks.remember(_mutex_files, mutex, MUTEX_PREFIX + mutex)
-    if type(base_dir) is not str or not base_dir:
+    if type(base_dir) is not str or not base_dir or "\0" in base_dir:
         base_dir = _checks.directory(base_dir)
     if timeout is not None:
         _checks.seconds(timeout, "timeout")

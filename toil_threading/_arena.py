@@ -1,17 +1,25 @@
 """The last-process-standing arena: the last process to leave gets to clean up."""
 
-from __future__ import annotations
-
+import errno
 import os
+import stat
 
-from . import _checks, _impl, _retry
-from ._protocol import ARENA_MEMBERS_SUFFIX, ARENA_MUTEX_SUFFIX, DENIED, MUTEX_PREFIX
+from . import _checks, _impl, _locks, _retry
+from ._protocol import (
+    ALIVE,
+    ARENA_MEMBERS_SUFFIX,
+    ARENA_MUTEX_SUFFIX,
+    DENIED,
+    MEMBERS_DIRECTORY_MODE,
+    MUTEX_PREFIX,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from ._checks import StrPath
+    from ._core_py import Directory, Held
 
 
 class LastProcessStandingArena:
@@ -23,10 +31,12 @@ class LastProcessStandingArena:
     this is not a context manager.
 
     On disk: members are locked files in ``base_dir/<name>-arena-members/``; entering
-    and leaving are serialised by the mutex ``<name>-arena-lock`` in base_dir.
+    and leaving are serialised by the mutex ``<name>-arena-lock`` in base_dir.  A member
+    keeps base_dir open from its entry, so it leaves the arena it entered whatever the
+    working directory is by then.
     """
 
-    def __init__(self, base_dir: StrPath, name: str) -> None:
+    def __init__(self, base_dir: "StrPath", name: str) -> None:
         base_dir = _checks.directory(base_dir)
         longest = max(len(MUTEX_PREFIX + ARENA_MUTEX_SUFFIX), len(ARENA_MEMBERS_SUFFIX))
         _checks.name(name, "arena name", longest)
@@ -34,8 +44,20 @@ class LastProcessStandingArena:
         self.name = name
         self.mutex = name + ARENA_MUTEX_SUFFIX
         self.lockfileDir = os.path.join(base_dir, name + ARENA_MEMBERS_SUFFIX)
-        self.lockfileFD: int | None = None
-        self.lockfileName: str | None = None
+        # This process's member file while it is in the arena; it keeps the members
+        # directory open, and _base keeps base_dir open, from the entry on.
+        self._member: Held | None = None
+        self._base: Directory | None = None
+
+    @property
+    def lockfileFD(self) -> int | None:
+        """The member file's descriptor while this process is in the arena, else None."""
+        return self._member.fd if self._member is not None and self._member.held else None
+
+    @property
+    def lockfileName(self) -> str | None:
+        """The member file's name while this process is in the arena, else None."""
+        return self._member.name if self._member is not None and self._member.held else None
 
     def enter(self, *, timeout: float | None = None) -> None:
         """Enter the arena; if cleanup is under way, wait until it is finished.
@@ -46,14 +68,20 @@ class LastProcessStandingArena:
         _checks.seconds(timeout, "timeout")
         if self.lockfileFD is not None:
             raise RuntimeError(f"this process is already in the arena {self.name!r}")
-        with self._hold(timeout):
-            self.lockfileFD, self.lockfileName = _impl.core.claim_member(self.lockfileDir)
+        self._base = base = _impl.core.Directory(self.base_dir)
+        try:
+            with _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, timeout):
+                members = _impl.core.Directory(
+                    self.name + ARENA_MEMBERS_SUFFIX, base, MEMBERS_DIRECTORY_MODE
+                )
+                _keep_members_apart(members)
+                self._member = _impl.core.Held(members)
+        except BaseException:
+            if self.lockfileFD is None:
+                base.close()
+            raise
 
-    def _hold(self, timeout: float | None) -> _impl.core.HeldMutex:
-        """The arena's mutex, serialising entering and leaving."""
-        return _impl.core.HeldMutex(self.base_dir, MUTEX_PREFIX + self.mutex, timeout)
-
-    def leave(self) -> Iterator[bool]:
+    def leave(self) -> "Iterator[bool]":
         """Leave the arena; yields once if this process is the last one standing.
 
         The loop body runs while the arena's mutex is held, so nobody enters before the
@@ -62,27 +90,76 @@ class LastProcessStandingArena:
             for _ in arena.leave():
                 ...  # we were the last process: clean up
         """
-        if self.lockfileFD is None or self.lockfileName is None:
+        member, base = self._member, self._base
+        if member is None or base is None or not member.held:
             raise RuntimeError(f"this process is not in the arena {self.name!r}")
-        with self._hold(None):
-            fd, name = self.lockfileFD, self.lockfileName
-            self.lockfileFD = self.lockfileName = None
-            staying = _impl.core.leave_arena(fd, self.lockfileDir, name)
-            if staying is not None and staying[1] == DENIED:
+        try:
+            with _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None):
+                member.release()
+                self._member = None
+                if not _anyone_alive(member.directory):
+                    yield True
+                    _remove_members_directory(base, member.directory)
+        finally:
+            member.directory.close()
+            base.close()
+
+
+def _keep_members_apart(members: "Directory") -> None:
+    """A members directory that others may write to gets the sticky bit, so that nobody
+    removes another's member file (and with it, a live member) but its owner.  One this
+    user does not own and cannot change is warned about once per entry."""
+    info = os.fstat(members.fd)
+    if not info.st_mode & 0o022 or info.st_mode & stat.S_ISVTX:
+        return
+    if info.st_uid == os.geteuid():
+        os.fchmod(members.fd, stat.S_IMODE(info.st_mode) | stat.S_ISVTX)
+    else:
+        _retry.log(
+            30,
+            "the members directory %s may be written by others and has no sticky bit: another"
+            " user can remove a live member's file there",
+            members.path,
+        )
+
+
+def _anyone_alive(members: "Directory") -> bool:
+    """Whether a member other than us lives: the dead members are removed on the way.
+    Another user's member file, which only its owner can open, is judged from /proc/locks
+    (and counted alive where that cannot tell)."""
+    found = _impl.core.scan(members, True, True)
+    for name, state in found:
+        if state == ALIVE:
+            return True
+        if state == DENIED:
+            try:
+                if _locks.judge_unopenable(members, name) == ALIVE:
+                    return True
+            except PermissionError:
                 _retry.log(
                     30,
-                    "cannot tell whether the member %s/%s is alive (another user's file we may"
-                    " not open): counting it as alive, so no cleanup now",
-                    self.lockfileDir,
-                    staying[0],
+                    "cannot tell whether the member %s/%s is alive (another user's file on a"
+                    " filesystem shared between machines): counting it as alive, so no"
+                    " cleanup now",
+                    members.path,
+                    name,
                 )
-            if staying is None:
-                yield True
-                try:
-                    os.rmdir(self.lockfileDir)
-                except FileNotFoundError:
-                    pass
-                except OSError as error:
-                    _retry.log(
-                        30, "could not remove the arena directory %s: %s", self.lockfileDir, error
-                    )
+                return True
+    return False
+
+
+def _remove_members_directory(base: "Directory", members: "Directory") -> None:
+    """Remove the members directory after the cleanup, if the entry at its name is still
+    the directory we held open (device and inode)."""
+    name = os.path.basename(members.path)
+    try:
+        found = os.stat(name, dir_fd=base.fd, follow_symlinks=False)
+        held = os.fstat(members.fd)
+        if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
+            return  # another directory took its name: not ours to remove
+        os.rmdir(name, dir_fd=base.fd)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        if error.errno != errno.ENOENT:
+            _retry.log(30, "could not remove the arena directory %s: %s", members.path, error)

@@ -15,13 +15,32 @@ LONGEST_WAIT = _thread.TIMEOUT_MAX
 
 
 def directory(value: "StrPath", what: str = "base_dir") -> str:
-    """A directory argument as a str: non-empty, and not bytes."""
+    """A path argument as a str: non-empty, not bytes, without a NUL."""
     path = os.fspath(value)
     if not isinstance(path, str):
         raise TypeError(f"{what} must be a str or an os.PathLike of str, not {type(path).__name__}")
     if not path:
         raise ValueError(f"{what} must not be empty (use '.' for the working directory)")
+    if "\0" in path:
+        raise ValueError(f"{what} must not contain a NUL character: {path!r}")
     return path
+
+
+def descriptor(value: object) -> int:
+    """A file descriptor argument as an int: an int from 0 up (not a bool), or an object
+    with fileno(), as fcntl takes (and Toil's safe_lock with it)."""
+    if not isinstance(value, int) and hasattr(value, "fileno"):
+        value = value.fileno()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"fd must be a file descriptor (an int) or have a fileno(), not {type(value).__name__}"
+        )
+    if not 0 <= value <= _INT_MAX:
+        raise ValueError(f"fd must be a file descriptor from 0 to {_INT_MAX}, not {value}")
+    return int(value)
+
+
+_INT_MAX = 2**31 - 1  # a descriptor is a C int
 
 
 def name(value: str, what: str, extra: int) -> None:

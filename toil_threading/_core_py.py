@@ -1,12 +1,16 @@
 """Pure-Python core: the package's system calls and hot loops, over the os and fcntl modules.
 
-Twin of csrc/_core_c.pyx: the same functions, signatures and behaviour.  Every failure
-is handed to toil_threading._retry, as the compiled core does.  Python already releases
-the GIL around each of these calls and retries EINTR after running the signal handlers
-(PEP 475), so a Ctrl-C during a wait raises KeyboardInterrupt here without help.
-"""
+Twin of csrc/_core_c.pyx: the same classes, functions, signatures and behaviour.  Every
+failure is handed to toil_threading._retry, as the compiled core does.  Python already
+releases the GIL around each of these calls and retries EINTR after running the signal
+handlers (PEP 475), so a Ctrl-C during a wait raises KeyboardInterrupt here without help.
 
-from __future__ import annotations
+Every operation works relative to a directory opened once (a Directory), and every
+descriptor belongs to an owner from the moment it exists: an owner keeps its descriptors
+in a list that `_open_into` fills and `_close_all` empties, each in a step no signal
+handler and no traced line can split (see those two), so an exception raised anywhere
+leaves a descriptor either owned (and closed by its owner later) or closed.
+"""
 
 import errno
 import fcntl
@@ -30,7 +34,6 @@ from ._protocol import (
     ALIVE,
     DEAD,
     DENIED,
-    MEMBERS_DIRECTORY_MODE,
     MUTEX_FILE_MODE,
     NAME_CHARACTERS,
     NAME_FILE_MODE,
@@ -39,12 +42,17 @@ from ._protocol import (
     RECORD_LOCK,
     REMOVED,
     SHARED,
+    STRATEGIES_KEPT,
     WAIT,
+    WORKING_DIRECTORY,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from functools import partial
     from typing import Any
+else:
+    from _functools import partial  # functools itself imports collections: slow
 
 _VANISHED = (errno.ENOENT, errno.ESTALE)
 _REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
@@ -54,9 +62,9 @@ _CREATE = os.O_CREAT | os.O_RDWR | _COMMON
 _WRITE = os.O_WRONLY | _COMMON
 _PROBE = os.O_RDONLY | _COMMON
 _CLAIM = os.O_CREAT | os.O_EXCL | os.O_RDWR | _COMMON
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-# A file still at its path (_SAME), gone from it (_GONE), or another file there (_REPLACED).
+# A file still at its name (_SAME), gone from it (_GONE), or another file there (_REPLACED).
 _SAME, _GONE, _REPLACED = 0, 1, 2
 # What a lock call reports when the lock was had: at once, or after waiting for it.
 _HAD, _WAITED = 0, 1
@@ -84,6 +92,72 @@ def _count_fork_made() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_count_fork_made, after_in_child=_count_fork)
+
+
+# Descriptors and their owners.
+
+
+def _open_into(owner: "list[int]", path: str, flags: int, mode: int, dir_fd: int) -> int:
+    """Open path (relative to dir_fd, which may be WORKING_DIRECTORY) and append the
+    descriptor to owner, in one step of C: no Python line, and so no signal handler,
+    runs between the open and the append.  Returns the descriptor."""
+    owner.extend(map(partial(os.open, flags=flags, mode=mode, dir_fd=dir_fd), (path,)))
+    return owner[-1]
+
+
+def _close_all(owner: "list[int]") -> None:
+    """Close owner's descriptors, each taken from the list just before its close on the same
+    line (no call between them, so no signal handler either): an interrupt leaves each one
+    owned or closed, never closed twice.  close(2) frees a descriptor whatever it returns."""
+    while owner:
+        fd = owner[-1]; del owner[-1]; os.closerange(fd, fd + 1)  # noqa: E702  # fmt: skip
+
+
+class Directory:
+    """An open directory: what an operation resolves once and works relative to.
+
+    Without parent, path is opened with its last component not followed (a symbolic link
+    there is followed only where its owner is trusted: see _retry.open_linked_directory);
+    with parent, path is one entry of parent, created first with mode when mode >= 0,
+    never followed.  follow opens path as the kernel resolves it, links and all.
+    """
+
+    __slots__ = ("_fds", "path")
+    path: str
+
+    def __init__(
+        self, path: str, parent: "Directory | None" = None, mode: int = -1, follow: bool = False
+    ) -> None:
+        self._fds: list[int] = []
+        if parent is None:
+            path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
+        self.path = path if parent is None else f"{parent.path}/{path}"
+        at = WORKING_DIRECTORY if parent is None else parent.fd
+        if mode >= 0:
+            try:
+                os.mkdir(path, mode, dir_fd=at)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise _retry.error(error.errno or errno.EIO, self.path) from None
+        flags = _DIRECTORY if follow else _DIRECTORY | os.O_NOFOLLOW
+        try:
+            _open_into(self._fds, path, flags, 0, at)
+        except OSError as error:
+            err = error.errno or errno.EIO
+            if parent is not None or follow or err not in (errno.ENOTDIR, errno.ELOOP):
+                raise _retry.directory_error(err, self.path, at, path) from None
+            self._fds.append(_retry.open_linked_directory(path))
+
+    @property
+    def fd(self) -> int:
+        return self._fds[0] if self._fds else -1
+
+    def close(self) -> None:
+        _close_all(self._fds)
+
+    def __del__(self) -> None:
+        _close_all(self._fds)
 
 
 # Locks: flock(2), and where a filesystem needs it an open-file-description record lock.
@@ -116,36 +190,22 @@ def _lock(
         wait = wait or step == WAIT
 
 
-def _unlock_and_close(fd: int, strategy: int, sole: bool = False) -> None:
-    """Let go of every lock on fd and close it.  Closing releases the locks anyway, so an
-    unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an error; close
-    frees the descriptor whatever it returns.  A descriptor no other process shares (sole)
-    is only closed: that alone lets its locks go, with one system call fewer."""
+def _let_go(owner: "list[int]", strategy: int, sole: bool = False) -> None:
+    """Let go of every lock on owner's descriptor and close it.  Closing releases the locks
+    anyway, so an unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an
+    error.  A descriptor no other process shares (sole) is only closed: that alone lets its
+    locks go, with one system call fewer."""
     failure = 0
-    if sole:
-        if _close(fd):
-            raise _retry.error(errno.EBADF, None)
-        return
-    try:
-        if strategy & RECORD_LOCK:
-            unlock_record(fd)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    except OSError as error:
-        failure = error.errno or errno.EIO
-    closed = _close(fd)  # whatever the unlock did
-    failure = failure or closed
+    if not sole and owner:
+        try:
+            if strategy & RECORD_LOCK:
+                unlock_record(owner[0])
+            fcntl.flock(owner[0], fcntl.LOCK_UN)
+        except OSError as error:
+            failure = error.errno or errno.EIO
+    _close_all(owner)
     if failure and failure not in (errno.EIO, errno.ENOLCK, errno.ESTALE):
         raise _retry.error(failure, None)
-
-
-def _close(fd: int) -> int:
-    """close(2), which frees the descriptor whatever it returns (a shared filesystem may
-    report ENOENT or ESTALE from its flush): EBADF, the one error worth raising, or 0."""
-    try:
-        os.close(fd)
-    except OSError as error:
-        return errno.EBADF if error.errno == errno.EBADF else 0
-    return 0
 
 
 def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str | None) -> None:
@@ -155,7 +215,7 @@ def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str |
 
 
 def unlock_and_close(fd: int) -> None:
-    _unlock_and_close(fd, 0)
+    _let_go([fd], 0)
 
 
 def fs_magic(target: str | int) -> int:
@@ -179,13 +239,12 @@ def fs_magic(target: str | int) -> int:
     return int(ctypes.c_long.from_buffer(buffer).value)
 
 
-_libc: Any = None  # ctypes.CDLL of the C library, loaded when first needed
+_libc: "Any" = None  # ctypes.CDLL of the C library, loaded when first needed
 
 
 # How to lock on each filesystem met (its device), decided once by _filesystems.  Kept
-# small: a process meeting more filesystems than this starts the table again.
+# small: a process meeting more filesystems than STRATEGIES_KEPT starts the table again.
 _strategies: dict[int, int] = {}
-_STRATEGIES_KEPT = 64
 
 
 def _strategy(fd: int, device: int, directory: str) -> int:
@@ -194,67 +253,76 @@ def _strategy(fd: int, device: int, directory: str) -> int:
         from . import _filesystems
 
         found = _filesystems.strategy_for(fd, device, directory)
-        if len(_strategies) >= _STRATEGIES_KEPT:
+        if len(_strategies) >= STRATEGIES_KEPT:
             _strategies.clear()
         _strategies[device] = found
     return found
 
 
-def _identity_at(dir_fd: int | None, name: str) -> tuple[int, int] | None:
-    """(device, inode) of the file name now names, opened afresh (which a shared
-    filesystem's server resolves, where stat(2) may answer from a cache); None if
-    nothing is there, (-1, -1) for a symlink."""
+def strategy(fd: int, directory: str) -> int:
+    """The strategy (bits) for the filesystem of the open file fd, in directory."""
+    return _strategy(fd, os.fstat(fd).st_dev, directory)
+
+
+def _identity_at(dir_fd: int, name: str, reopen: bool) -> tuple[int, int] | None:
+    """(device, inode) of the file name now names in dir_fd; None if nothing is there,
+    (-1, -1) for a symlink.  With reopen, the name is opened afresh (which a shared
+    filesystem's server resolves, where stat(2) may answer from a cache)."""
     try:
-        fd = os.open(name, _PROBE, dir_fd=dir_fd)
+        if not reopen:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            return (-1, -1) if stat.S_ISLNK(info.st_mode) else (info.st_dev, info.st_ino)
+        probe: list[int] = []
+        try:
+            info = os.fstat(_open_into(probe, name, _PROBE, 0, dir_fd))
+        finally:
+            _close_all(probe)
     except OSError as error:
         if error.errno == errno.ELOOP:
             return (-1, -1)
         if error.errno in _VANISHED:
             return None
         raise
-    try:
-        info = os.fstat(fd)
-    except OSError as error:
-        if error.errno != errno.ESTALE:
-            raise
-        return None
-    finally:
-        _close(fd)
     return (info.st_dev, info.st_ino)
 
 
-def _sameness(fd: int, dir_fd: int | None, name: str, strategy: int) -> int:
+def _sameness(fd: int, dir_fd: int, name: str, strategy: int, removing: bool, shown: str) -> int:
     """Does name (relative to dir_fd) still name the locked file open at fd?
 
-    On a local filesystem the locked descriptor answers: nobody unlinks a lock file but
-    its holder, so a file with one link is still at its path.  A shared filesystem's
-    cached attributes may lie, so there the path is opened afresh and compared.
+    Acquiring on a local filesystem, the locked descriptor answers: nobody unlinks a lock
+    file but its holder, so a file with one link is still at its name.  Before removing
+    the entry (removing), its device and inode are compared with ours, everywhere; a
+    shared filesystem's cached attributes may lie, so there the name is opened afresh.
     """
     try:
         info = os.fstat(fd)
+        if info.st_nlink == 0:
+            return _GONE
+        if info.st_nlink == 1 and not removing and not strategy & SHARED:
+            return _SAME
+        found = _identity_at(dir_fd, name, bool(strategy & SHARED))
     except OSError as error:
         if error.errno == errno.ESTALE:
             return _GONE
-        raise
-    if info.st_nlink == 0:
-        return _GONE
-    if info.st_nlink == 1 and not strategy & SHARED:
-        return _SAME
-    found = _identity_at(dir_fd, name)
+        raise _retry.error(error.errno or errno.EIO, shown) from None
     if found is None:
         return _GONE
     return _SAME if found == (info.st_dev, info.st_ino) else _REPLACED
 
 
 def same_file(fd: int, path: str) -> bool:
-    return _sameness(fd, None, path, SHARED) == _SAME
+    os.fstat(fd)  # the descriptor is at fault, not the path
+    return _sameness(fd, WORKING_DIRECTORY, path, SHARED, True, path) == _SAME
 
 
 # global_mutex: the mutex file, opened, locked and verified, then unlinked and let go.
 
 
-def _open_lock_file(directory: str, path: str, deadline: float | None) -> int:
-    """Open (creating it if missing) the lock file at path, never through a symlink.
+def _open_lock_file(
+    owner: "list[int]", directory: Directory, name: str, deadline: float | None
+) -> int:
+    """Open (creating it if missing) the lock file name in directory, never through a
+    symlink, into owner.
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
@@ -264,9 +332,10 @@ def _open_lock_file(directory: str, path: str, deadline: float | None) -> int:
     tries = 0
     while True:
         try:
-            return os.open(path, flags, MUTEX_FILE_MODE)
+            return _open_into(owner, name, flags, MUTEX_FILE_MODE, directory.fd)
         except OSError as error:
             err = error.errno or errno.EIO
+        path = f"{directory.path}/{name}"
         if err == errno.EACCES and flags != _PROBE:
             flags = _WRITE if flags == _CREATE else _PROBE
         elif err == errno.ENOENT and flags != _CREATE:
@@ -277,29 +346,25 @@ def _open_lock_file(directory: str, path: str, deadline: float | None) -> int:
                 raise _retry.error(errno.EACCES, path)
             flags = _CREATE
         elif err in (errno.ENXIO, errno.EISDIR):
-            raise _retry.not_a_regular_file(path, "a lock file")
+            raise _retry.not_a_regular_file(path, "a lock file", directory.fd, name)
         elif err in (*_VANISHED, errno.EEXIST):
             tries += 1
-            _retry.vanished(err, tries, deadline, directory, path)
-        elif err == errno.ENOTDIR:
-            raise _retry.error(err, directory)
+            _retry.vanished(err, tries, deadline, directory.fd, directory.path, path)
         else:
             raise _retry.error(err, path)
 
 
-def _lock_new(
-    fd: int, directory: str, name: str, dir_fd: int | None, block: bool, deadline: float | None
-) -> int:
+def _lock_new(fd: int, directory: Directory, name: str, block: bool, deadline: float | None) -> int:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or _LOST or _STALE when the
     file is not worth keeping (the caller closes it and starts again).  A wait on a local
     filesystem is announced, so that the holder keeps the file for us."""
-    shown = name if dir_fd is None else f"{directory}/{name}"
+    shown = f"{directory.path}/{name}"
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _retry.not_a_regular_file(shown, "a lock file")
-        strategy = _strategy(fd, info.st_dev, directory)
+            raise _retry.not_a_regular_file(shown, "a lock file", directory.fd, name)
+        strategy = _strategy(fd, info.st_dev, directory.path)
         had = _lock(fd, FLOCK, True, block, deadline, shown, strategy == 0)
         if strategy & RECORD_LOCK and had <= _WAITED:
             had = max(had, _lock(fd, RECORD, True, block, deadline, shown))
@@ -309,12 +374,12 @@ def _lock_new(
         raise
     if had > _WAITED:
         return _LOST  # held, and not to be waited for (a poller looking at a new file)
-    if _sameness(fd, dir_fd, name, strategy) == _SAME:
+    if _sameness(fd, directory.fd, name, strategy, False, shown) == _SAME:
         return strategy
     return _LOST if had == _WAITED else _STALE
 
 
-def _unlink(dir_fd: int | None, name: str) -> int:
+def _unlink(dir_fd: int, name: str) -> int:
     """Unlink name: 0 when done; the errno when refused (EPERM, EACCES: another user's
     file in a sticky directory) or when it is gone already (ENOENT, ESTALE)."""
     try:
@@ -327,21 +392,22 @@ def _unlink(dir_fd: int | None, name: str) -> int:
 
 
 def _release_at(
-    fd: int,
-    dir_fd: int | None,
+    owner: "list[int]",
+    directory: Directory,
     name: str,
-    shown: str,
     strategy: int,
     keep_for_waiters: bool = False,
     sole: bool = False,
 ) -> None:
-    """Unlink the lock file if it is still ours, then let go of it (always).  With
-    keep_for_waiters, a file others announced they wait on stays, for them to lock; a sole
-    descriptor is only closed (see _unlock_and_close)."""
+    """Unlink the lock file owner holds if the entry at name is still it, then let go of
+    it (always).  With keep_for_waiters, a file others announced they wait on stays, for
+    them to lock; a sole descriptor is only closed (see _let_go)."""
+    shown = f"{directory.path}/{name}"
     try:
-        sameness = _sameness(fd, dir_fd, name, strategy)
+        fd = owner[0]
+        sameness = _sameness(fd, directory.fd, name, strategy, True, shown)
         kept = keep_for_waiters and os.fstat(fd).st_size > 0 and waiters_announced(fd)
-        refused = _unlink(dir_fd, name) if sameness == _SAME and not kept else 0
+        refused = _unlink(directory.fd, name) if sameness == _SAME and not kept else 0
         if refused in _REFUSED_UNLINK:
             _retry.kept(shown, refused)
         elif refused:
@@ -349,84 +415,89 @@ def _release_at(
         if sameness != _SAME:
             _retry.lost(shown, sameness == _REPLACED)
     finally:
-        _unlock_and_close(fd, strategy, sole)
+        _let_go(owner, strategy, sole)
 
 
 class HeldMutex:
     """What global_mutex returns: a context manager holding the mutex file while entered.
 
-    Dropped while entered (never exited), it lets the mutex go when collected.
+    directory is where the mutex lives: a Directory the caller keeps open, or a path,
+    opened once at each entry and kept until the exit, so that the release happens in the
+    directory the mutex was taken in.  Dropped while entered (never exited), it lets the
+    mutex go when collected.
     """
 
-    __slots__ = (
-        "_base_dir",
-        "_fd",
-        "_filename",
-        "_forks",
-        "_forks_made",
-        "_path",
-        "_strategy",
-        "_timeout",
-    )
+    __slots__ = ("_directory", "_filename", "_forks", "_forks_made", "_held", "_opened",
+                 "_strategy", "_timeout")  # fmt: skip
 
-    def __init__(self, base_dir: str, filename: str, timeout: float | None) -> None:
-        self._fd = -1
-        self._base_dir, self._filename, self._timeout = base_dir, filename, timeout
-        self._path = f"{base_dir}/{filename}"
-        if "\0" in self._path:
-            raise ValueError(f"embedded null byte in path {self._path!r}")
+    def __init__(self, directory: "Directory | str", filename: str, timeout: float | None) -> None:
+        self._held: list[int] = []  # the mutex file's descriptor, while held
+        self._opened: list[Directory] = []  # the directory, when opened here from a path
+        self._directory, self._filename, self._timeout = directory, filename, timeout
         self._strategy = self._forks = self._forks_made = 0
 
-    @property
-    def base_dir(self) -> str:
-        return self._base_dir
-
-    @property
-    def filename(self) -> str:
-        return self._filename
-
     def __enter__(self) -> None:
-        if self._fd >= 0:
+        if self._held or self._opened:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        stale = 0
-        while True:
-            fd = _open_lock_file(self._base_dir, self._path, deadline)
-            try:
-                strategy = _lock_new(fd, self._base_dir, self._path, None, True, deadline)
-            except BaseException:
-                _close(fd)
-                raise
-            if strategy >= 0:
-                self._fd, self._strategy = fd, strategy
-                self._forks, self._forks_made = _forks, _forks_made
-                return
-            # The previous holder unlinked (or someone replaced) the file while we waited;
-            # or a stale cache showed us a file already gone: then pause, within bounds.
-            _close(fd)
-            stale = stale + 1 if strategy == _STALE else 0
-            if stale:
-                _retry.vanished(errno.ESTALE, stale, deadline, self._base_dir, self._path)
+        try:
+            if isinstance(self._directory, Directory):
+                directory = self._directory
+            else:
+                self._opened.append(Directory(self._directory))
+                directory = self._opened[0]
+            stale = 0
+            while True:
+                fd = _open_lock_file(self._held, directory, self._filename, deadline)
+                strategy = _lock_new(fd, directory, self._filename, True, deadline)
+                if strategy >= 0:
+                    self._strategy = strategy
+                    self._forks, self._forks_made = _forks, _forks_made
+                    return
+                # The previous holder unlinked (or someone replaced) the file while we
+                # waited; or a stale cache showed us a file already gone: then pause.
+                _close_all(self._held)
+                stale = stale + 1 if strategy == _STALE else 0
+                if stale:
+                    path = f"{directory.path}/{self._filename}"
+                    _retry.vanished(errno.ESTALE, stale, deadline, directory.fd,
+                                    directory.path, path)  # fmt: skip
+        except BaseException:
+            self._abandon()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        if self._fd < 0:
+        if not self._held:
             raise RuntimeError("this global_mutex() was not entered")
         self._end_hold()
 
     def __del__(self) -> None:
-        if self._fd >= 0:
+        if self._held:
             self._end_hold()
+        else:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Close what an entry that failed had opened (no lock is held)."""
+        _close_all(self._held)
+        while self._opened:
+            self._opened.pop().close()
 
     def _end_hold(self) -> None:
-        fd, self._fd = self._fd, -1
-        if self._forks != _forks:
-            _close(fd)  # entered before the fork that made us: the lock is the parent's
-        else:
-            # On a local filesystem: keep the file for announced waiters; and with no fork
-            # since we took it, our descriptor is the only one: closing it lets the lock go.
-            local = self._strategy == 0
-            sole = local and self._forks_made == _forks_made
-            _release_at(fd, None, self._path, self._path, self._strategy, local, sole)
+        try:
+            directory = self._opened[0] if self._opened else self._directory
+            assert isinstance(directory, Directory)
+            if self._forks != _forks:
+                _close_all(self._held)  # entered before the fork that made us: the parent's
+            else:
+                # On a local filesystem: keep the file for announced waiters; and with no
+                # fork since we took it, our descriptor is the only one: closing it lets
+                # the lock go.
+                local = self._strategy == 0
+                sole = local and self._forks_made == _forks_made
+                _release_at(self._held, directory, self._filename, self._strategy, local, sole)
+        finally:
+            self._abandon()
 
 
 # Process names and arena members: mkstemp-style files, each locked by its owner.
@@ -446,93 +517,107 @@ def _is_name(name: str) -> bool:
     )
 
 
-def _claim_at(dir_fd: int | None, directory: str) -> tuple[int, str]:
-    """Create and lock a fresh name file in directory (relative to dir_fd if given).
+class Held:
+    """A name or member file, made fresh in directory and locked by this process.
 
-    A name taken already (EEXIST), a file gone under a stale cache, or one a poller is
-    looking at: try another name, pausing from the second miss on, within bounds."""
-    misses = 0
-    while True:
-        name = _fresh_name()
-        path = f"{directory}/{name}"
-        try:
-            fd = os.open(path if dir_fd is None else name, _CLAIM, NAME_FILE_MODE, dir_fd=dir_fd)
-        except OSError as error:
-            err = error.errno or errno.EIO
-            if err != errno.EEXIST and err not in _VANISHED:
-                raise _retry.error(err, directory) from None
-        else:
+    It keeps directory, so that release() removes the file from the directory it was made
+    in.  Dropped without release(), its descriptor is closed (the lock goes, the file
+    stays: a dead name, removed by the next probe of it).
+    """
+
+    __slots__ = ("_fds", "_strategy", "directory", "name")
+
+    def __init__(self, directory: Directory) -> None:
+        self._fds: list[int] = []
+        self.directory = directory
+        self.name = ""
+        self._strategy = 0
+        # A name taken already (EEXIST), a file gone under a stale cache, or one a poller
+        # is looking at: try another name, pausing from the second miss on, within bounds.
+        misses = 0
+        while True:
+            name = _fresh_name()
             try:
-                strategy = _lock_new(
-                    fd, directory, path if dir_fd is None else name, dir_fd, False, None
-                )
-            except BaseException:
-                _close(fd)
-                raise
-            if strategy >= 0:
-                return fd, name
-            _close(fd)
-            err = errno.ESTALE if strategy == _STALE else errno.EEXIST
-        misses += 1
-        _retry.vanished(err, misses, None, directory, directory)
+                fd = _open_into(self._fds, name, _CLAIM, NAME_FILE_MODE, directory.fd)
+            except OSError as error:
+                err = error.errno or errno.EIO
+                if err != errno.EEXIST and err not in _VANISHED:
+                    raise _retry.error(err, directory.path) from None
+            else:
+                try:
+                    strategy = _lock_new(fd, directory, name, False, None)
+                except BaseException:
+                    self._abandon(name)
+                    raise
+                if strategy >= 0:
+                    self.name, self._strategy = name, strategy
+                    return
+                _close_all(self._fds)
+                err = errno.ESTALE if strategy == _STALE else errno.EEXIST
+            misses += 1
+            _retry.vanished(err, misses, None, directory.fd, directory.path, directory.path)
+
+    def _abandon(self, name: str) -> None:
+        """After a claim failed: remove the file just made, if the entry at its name is
+        still it, and close it, so that a failed claim leaves nothing behind."""
+        try:
+            _release_at(self._fds, self.directory, name, 0)
+        except OSError:
+            pass  # closed whatever failed (see _release_at): the claim's error is the one told
+
+    @property
+    def held(self) -> bool:
+        return bool(self._fds)
+
+    @property
+    def fd(self) -> int:
+        return self._fds[0] if self._fds else -1
+
+    def gone(self) -> bool:
+        """Whether the file is gone from every directory (its directory was cleaned up)."""
+        try:
+            return not self._fds or os.fstat(self._fds[0]).st_nlink == 0
+        except OSError:  # ESTALE: gone on the server
+            return True
+
+    def release(self) -> None:
+        """Remove the file if the entry at its name is still it, and let go of it."""
+        if not self._fds:
+            raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
+        _release_at(self._fds, self.directory, self.name, self._strategy)
+
+    def close(self) -> None:
+        """Close without unlocking or removing (after a fork: the lock is the parent's)."""
+        _close_all(self._fds)
+
+    def __del__(self) -> None:
+        _close_all(self._fds)
 
 
-def claim_name(directory: str) -> tuple[int, str]:
-    return _claim_at(None, directory)
-
-
-def _open_directory(directory: str) -> int:
-    try:
-        return os.open(directory, _DIRECTORY)
-    except OSError as error:
-        raise _retry.directory_error(error.errno or errno.EIO, directory) from None
-
-
-def claim_member(directory: str) -> tuple[int, str]:
-    try:
-        os.mkdir(directory, MEMBERS_DIRECTORY_MODE)
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise _retry.error(error.errno or errno.EIO, directory) from None
-    dir_fd = _open_directory(directory)
-    try:
-        return _claim_at(dir_fd, directory)
-    finally:
-        _close(dir_fd)
-
-
-def release(fd: int, directory: str, name: str) -> None:
-    path = f"{directory}/{name}"
-    strategy = 0
-    try:
-        strategy = _strategy(fd, os.fstat(fd).st_dev, directory)
-    finally:
-        _release_at(fd, None, path, path, strategy)
-
-
-def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_dead: bool) -> int:
-    """What the file at name (relative to dir_fd) says of its owner: ALIVE, DEAD, REMOVED,
-    DENIED or ABSENT (also for anything that is not a regular file: never ours).
+def _probe_at(directory: Directory, name: str, remove_dead: bool) -> int:
+    """What the file at name in directory says of its owner: ALIVE, DEAD, REMOVED, DENIED
+    or ABSENT (also for anything that is not a regular file: never ours).
 
     Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
     unlocked empty file named like ours is removed, while it is still the one found."""
+    shown = f"{directory.path}/{name}"
     replaced = 0
     while True:
-        try:
-            fd = os.open(name, _PROBE, dir_fd=dir_fd)
-        except OSError as error:
-            if error.errno in (*_VANISHED, errno.ELOOP, errno.ENXIO):
-                return ABSENT
-            if error.errno in (errno.EACCES, errno.EPERM):
-                return DENIED
-            raise _retry.error(error.errno or errno.EIO, shown) from None
+        fds: list[int] = []
         strategy = 0
         try:
+            try:
+                fd = _open_into(fds, name, _PROBE, 0, directory.fd)
+            except OSError as error:
+                if error.errno in (*_VANISHED, errno.ELOOP, errno.ENXIO):
+                    return ABSENT
+                if error.errno in (errno.EACCES, errno.EPERM):
+                    return DENIED
+                raise _retry.error(error.errno or errno.EIO, shown) from None
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return ABSENT
-            strategy = _strategy(fd, info.st_dev, directory)
+            strategy = _strategy(fd, info.st_dev, directory.path)
             try:
                 if _lock(fd, FLOCK, False, False, None, shown) > _WAITED:
                     return ALIVE
@@ -542,80 +627,56 @@ def _probe_at(dir_fd: int | None, name: str, shown: str, directory: str, remove_
                 raise
             if strategy & RECORD_LOCK and record_locked_elsewhere(fd):
                 return ALIVE
-            if not (remove_dead and info.st_size == 0 and _is_name(os.path.basename(name))):
+            if not (remove_dead and info.st_size == 0 and _is_name(name)):
                 return DEAD
-            sameness = _sameness(fd, dir_fd, name, strategy)
+            sameness = _sameness(fd, directory.fd, name, strategy, True, shown)
             if sameness == _SAME:
-                return DEAD if _unlink(dir_fd, name) in _REFUSED_UNLINK else REMOVED
+                return DEAD if _unlink(directory.fd, name) in _REFUSED_UNLINK else REMOVED
             if sameness == _GONE:
                 return ABSENT
         finally:
-            _unlock_and_close(fd, strategy)
+            _let_go(fds, strategy)
         # A new file took the name between our open and our check: look at that one.
         replaced += 1
-        _retry.vanished(errno.ESTALE, replaced, None, directory, shown)
+        _retry.vanished(errno.ESTALE, replaced, None, directory.fd, directory.path, shown)
 
 
-def probe(directory: str, name: str, remove_dead: bool) -> int:
-    path = f"{directory}/{name}"
-    return _probe_at(None, path, path, directory, remove_dead)
+def probe(directory: Directory, name: str, remove_dead: bool) -> int:
+    return _probe_at(directory, name, remove_dead)
 
 
-def _scan_at(
-    dir_fd: int, directory: str, remove_dead: bool, stop_at_live: bool
-) -> list[tuple[str, int]]:
+def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tuple[str, int]]:
+    """Probe every entry of directory named like ours; with stop_at_live, stop at the
+    first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
     found = []
-    for entry in os.scandir(dir_fd):
-        if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
-            continue  # not ours: never counted, never removed
-        state = _probe_at(dir_fd, entry.name, f"{directory}/{entry.name}", directory, remove_dead)
-        if state != ABSENT:
-            found.append((entry.name, state))
-        if stop_at_live and state in (ALIVE, DENIED):
-            break
+    with os.scandir(directory.fd) as listing:
+        for entry in listing:
+            if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue  # not ours: never counted, never removed
+            state = _probe_at(directory, entry.name, remove_dead)
+            if state != ABSENT:
+                found.append((entry.name, state))
+            if stop_at_live and state == ALIVE:
+                break
     return found
-
-
-def scan(directory: str, remove_dead: bool) -> list[tuple[str, int]]:
-    dir_fd = _open_directory(directory)
-    try:
-        return _scan_at(dir_fd, directory, remove_dead, False)
-    finally:
-        _close(dir_fd)
-
-
-def leave_arena(fd: int, directory: str, name: str) -> tuple[str, int] | None:
-    try:
-        dir_fd = _open_directory(directory)
-    except BaseException:
-        _close(fd)
-        raise
-    try:
-        strategy = 0
-        try:
-            strategy = _strategy(fd, os.fstat(fd).st_dev, directory)
-        finally:
-            _release_at(fd, dir_fd, name, f"{directory}/{name}", strategy)
-        found = _scan_at(dir_fd, directory, True, True)
-    finally:
-        _close(dir_fd)
-    return found[-1] if found and found[-1][1] in (ALIVE, DENIED) else None
 
 
 # cgroup files: small files of numbers, read whole.
 
 
 def read_text(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as error:
-        raise _retry.error(error.errno or errno.EIO, path) from None
+    fds: list[int] = []
     chunks = []
     try:
+        try:
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+            fd = _open_into(fds, path, flags, 0, WORKING_DIRECTORY)
+        except OSError as error:
+            raise _retry.error(error.errno or errno.EIO, path) from None
         # Only a regular file (as /proc, sysfs and cgroup files are): a device such as
         # /dev/zero would never end, a FIFO not say anything.
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _retry.not_a_regular_file(path, "a file to read")
+            raise _retry.not_a_regular_file(path, "a file to read", WORKING_DIRECTORY, path)
         while True:
             try:
                 chunk = os.read(fd, 8192)
@@ -625,5 +686,5 @@ def read_text(path: str) -> str:
                 break
             chunks.append(chunk)
     finally:
-        _close(fd)
+        _close_all(fds)
     return b"".join(chunks).decode("utf-8", "surrogateescape")

@@ -244,7 +244,13 @@ def strategy_for(fd: int, device: int, directory: str) -> int:
     mounts = read_mounts()
     mount = None
     if mounts:
-        mount = mount_of(mounts, os.path.realpath(directory), (os.major(device), os.minor(device)))
+        # The kernel's name for the open file: read, never resolved again (the path given
+        # may have been changed to lead elsewhere since it was opened).
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            where = ""  # the mounts of its device alone decide
+        mount = mount_of(mounts, where, (os.major(device), os.minor(device)))
     report = _report(directory, mount, magic)
     if report.strategy == REFUSE:
         raise refusal(directory, report)

@@ -6,11 +6,10 @@ then only what the library's own probes would remove: empty, unlocked files name
 process names or arena members.
 """
 
-from __future__ import annotations
-
 import os
 
 from . import _impl
+from ._locks import exclusive_flock_holders
 from ._protocol import (
     ABSENT,
     ALIVE,
@@ -21,6 +20,10 @@ from ._protocol import (
     MUTEX_PREFIX,
     REMOVED,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._core_py import Directory
 
 # What a probe's answer is called, by kind of file.
 _WORDS = {
@@ -96,29 +99,6 @@ class Inspection:
         return any(found.state in HELD_STATES for found in self.files())
 
 
-def exclusive_flock_holders() -> dict[tuple[int, int], int]:
-    """The PID holding each exclusive flock on this host, by (st_dev, st_ino).
-
-    From /proc/locks, whose lines read "1: FLOCK  ADVISORY  WRITE 12345 00:1a:67890 0
-    EOF" (major and minor in hex, then the inode); a waiter's line has "->" after the
-    number and is skipped.  Only exclusive locks count: the library's holders always lock
-    exclusively, and a shared lock is another inspector's passing probe.  A PID of 0 is
-    a process outside our PID namespace.
-    """
-    try:
-        with open("/proc/locks") as locks:
-            lines = locks.read().splitlines()
-    except OSError:  # no /proc here: no PIDs to show
-        return {}
-    holders = {}
-    for line in lines:
-        fields = line.split()
-        if fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and int(fields[4]) > 0:
-            major, minor, inode = fields[5].split(":")
-            holders[(os.makedev(int(major, 16), int(minor, 16)), int(inode))] = int(fields[4])
-    return holders
-
-
 def command_line(pid: int) -> list[str] | None:
     """The arguments process pid was started with; None if it is gone, hidden or a zombie."""
     try:
@@ -130,67 +110,80 @@ def command_line(pid: int) -> list[str] | None:
 
 
 def _lock_file(
-    directory: str,
+    directory: "Directory",
     name: str,
     label: str,
     kind: str,
     state: int,
     holders: dict[tuple[int, int], int],
 ) -> LockFile:
-    path = os.path.join(directory, name)
     pid = None
     if state == ALIVE:
         try:
-            info = os.stat(path, follow_symlinks=False)
+            info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
             pid = holders.get((info.st_dev, info.st_ino))
         except OSError:
             pass  # gone since: the holder let go
+    path = f"{directory.path}/{name}"
     return LockFile(
         shown(label), shown(path), _WORDS[kind][state], pid, command_line(pid) if pid else None
     )
 
 
 def _names_in(
-    directory: str, kind: str, clean: bool, holders: dict[tuple[int, int], int]
+    directory: "Directory", kind: str, clean: bool, holders: dict[tuple[int, int], int]
 ) -> list[LockFile]:
     """The process-name or member files in directory, probed (and with clean, the dead
     removed)."""
     return [
         _lock_file(directory, name, name, kind, state, holders)
-        for name, state in sorted(_impl.core.scan(directory, clean))
+        for name, state in sorted(_impl.core.scan(directory, clean, False))
     ]
 
 
 def inspect_directory(directory: str, clean: bool) -> Inspection:
     """Every mutex, arena and process name in directory, probed.
 
-    directory is resolved first; below it nothing is followed.  A mutex file is never
-    removed: a free one may be open in a process about to lock it.
+    directory is opened once; everything below it is looked at relative to that, and
+    nothing is followed.  A mutex file is never removed: a free one may be open in a
+    process about to lock it.
     """
-    directory = os.path.realpath(directory)
-    holders = exclusive_flock_holders()
-    with os.scandir(directory) as listing:
-        entries = sorted(listing, key=lambda entry: entry.name)
-    found = Inspection(directory)
-    found.names = _names_in(directory, "name", clean, holders)
-    for entry in entries:
-        if entry.name.startswith(MUTEX_PREFIX) and entry.is_file(follow_symlinks=False):
-            state = _impl.core.probe(directory, entry.name, False)
-            if state != ABSENT:
-                label = entry.name[len(MUTEX_PREFIX) :]
-                found.mutexes.append(
-                    _lock_file(directory, entry.name, label, "mutex", state, holders)
-                )
-        elif entry.name.endswith(ARENA_MEMBERS_SUFFIX) and entry.is_dir(follow_symlinks=False):
-            name = entry.name[: -len(ARENA_MEMBERS_SUFFIX)]
-            if not name:
-                continue
-            try:
-                members = _names_in(entry.path, "member", clean, holders)
-            except FileNotFoundError:  # its last member has just cleaned it up
-                continue
-            except PermissionError:
-                found.arenas.append(Arena(shown(name), [], "unknown: permission denied"))
-                continue
-            found.arenas.append(Arena(shown(name), members))
+    holders = exclusive_flock_holders() or {}
+    base = _impl.core.Directory(os.path.abspath(directory))
+    try:
+        with os.scandir(base.fd) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        found = Inspection(base.path)
+        found.names = _names_in(base, "name", clean, holders)
+        for entry in entries:
+            if entry.name.startswith(MUTEX_PREFIX) and entry.is_file(follow_symlinks=False):
+                state = _impl.core.probe(base, entry.name, False)
+                if state != ABSENT:
+                    label = entry.name[len(MUTEX_PREFIX) :]
+                    found.mutexes.append(
+                        _lock_file(base, entry.name, label, "mutex", state, holders)
+                    )
+            elif entry.name.endswith(ARENA_MEMBERS_SUFFIX) and entry.is_dir(follow_symlinks=False):
+                found.arenas.extend(_arena_in(base, entry.name, clean, holders))
+    finally:
+        base.close()
     return found
+
+
+def _arena_in(
+    base: "Directory", entry: str, clean: bool, holders: dict[tuple[int, int], int]
+) -> list[Arena]:
+    """The arena whose members directory is entry in base ([] if there is none now)."""
+    name = entry[: -len(ARENA_MEMBERS_SUFFIX)]
+    if not name:
+        return []
+    try:
+        members = _impl.core.Directory(entry, base)
+    except FileNotFoundError:  # its last member has just cleaned it up
+        return []
+    except PermissionError:
+        return [Arena(shown(name), [], "unknown: permission denied")]
+    try:
+        return [Arena(shown(name), _names_in(members, "member", clean, holders))]
+    finally:
+        members.close()

@@ -2,15 +2,18 @@
 
 flock(2), and the whole-file open-file-description record lock (F_OFD_SETLK, Linux's)
 taken besides it where a filesystem needs one.  Used by the pure core and by the
-command line's `verify`; the compiled core makes the same calls in C.
+command line's `verify`; the compiled core makes the same calls in C.  Also what
+/proc/locks says of a file this process may not open.
 """
-
-from __future__ import annotations
 
 import errno
 import fcntl
 import os
 import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._core_py import Directory
 
 FLOCK, RECORD = 0, 1
 # Whether this system has open-file-description record locks at all.
@@ -70,3 +73,63 @@ def record_locked_elsewhere(fd: int) -> bool:
     """Does another open file description hold a write record lock on fd's file?"""
     answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _record(fcntl.F_RDLCK))
     return bool(struct.unpack(_FLOCK_STRUCT, answer)[0] != fcntl.F_UNLCK)
+
+
+# /proc/locks, read whole but within a bound: a node with more locks than this is one where
+# a holder cannot be told (so nothing is judged dead from it).
+_PROC_LOCKS_LIMIT = 16 << 20
+
+
+def exclusive_flock_holders() -> "dict[tuple[int, int], int] | None":
+    """The PID holding each exclusive flock on this host, by (st_dev, st_ino); None where
+    /proc/locks cannot be read whole.
+
+    Its lines read "1: FLOCK  ADVISORY  WRITE 12345 00:1a:67890 0 EOF" (major and minor
+    in hex, then the inode); a waiter's line has "->" after the number and is skipped.
+    Only exclusive locks count: the package's holders always lock exclusively, and a
+    shared lock is another prober's passing look.  A PID of 0 is a process outside our
+    PID namespace.
+    """
+    try:
+        with open("/proc/locks", "rb") as locks:
+            text = locks.read(_PROC_LOCKS_LIMIT + 1)
+    except OSError:  # no /proc here: nothing can be told
+        return None
+    if len(text) > _PROC_LOCKS_LIMIT:
+        return None
+    holders = {}
+    for line in text.decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if fields[1:2] != ["FLOCK"] or fields[3:4] != ["WRITE"] or len(fields) < 6:
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            device = os.makedev(int(major, 16), int(minor, 16))
+            holders[(device, int(inode))] = int(fields[4])
+        except ValueError:
+            continue
+    return holders
+
+
+def judge_unopenable(directory: "Directory", name: str) -> int:
+    """ALIVE or DEAD for a name or member file in directory that this process may not open
+    (another user's, mode 0600), from the flocks /proc/locks shows; ABSENT if it is gone.
+
+    Only its owner (or root) can have opened it to lock it, so a lock on it is its owner's.
+    /proc/locks shows the locks of this machine only: on a filesystem shared between
+    machines whether the owner lives cannot be told, and PermissionError says so.
+    """
+    from . import _impl, _retry
+    from ._protocol import ABSENT, ALIVE, DEAD, SHARED
+
+    shown = f"{directory.path}/{name}"
+    try:
+        info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return ABSENT
+    holders = None
+    if not _impl.core.strategy(directory.fd, directory.path) & SHARED:
+        holders = exclusive_flock_holders()
+    if holders is None:
+        raise _retry.error(errno.EACCES, shown)
+    return ALIVE if (info.st_dev, info.st_ino) in holders else DEAD

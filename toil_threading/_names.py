@@ -7,36 +7,33 @@ attributes, re-exported by the facade.
 
 import _thread
 import atexit
-import errno
 import os
 
-from . import _checks, _impl, _retry
+from . import _checks, _impl, _locks
 from ._protocol import ALIVE, DENIED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._checks import StrPath
+    from ._core_py import Held
 
-#: Guards current_process_name_for (and the descriptors behind it).
+#: Guards current_process_name_for (and the files behind it).
 current_process_name_lock = _thread.allocate_lock()  # what threading.Lock() makes
 #: This process's name in each base directory it has asked about.
 current_process_name_for: dict[str, str] = {}
-# The locked descriptor behind each name, by base directory.
-_name_fds: dict[str, int] = {}
+# The locked file behind each name, by base directory: it keeps the directory it was made
+# in open, so the name is destroyed there whatever the working directory is by then.
+_held_names: "dict[str, Held]" = {}
 
 
 def _forget_names() -> None:
-    """Drop every name of this process and close (never unlock) their descriptors.
+    """Drop every name of this process and close (never unlock) their files.
 
     Closing only drops this process's reference: a forked child closing its copies
     leaves the parent's locks, and so the parent's names, alive.
     """
-    for fd in _name_fds.values():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _name_fds.clear()
+    while _held_names:
+        _held_names.popitem()[1].close()
     current_process_name_for.clear()
 
 
@@ -56,15 +53,11 @@ def collect_process_name_garbage() -> None:
     Caller must hold current_process_name_lock.
     """
     for base_dir in list(current_process_name_for):
-        fd = _name_fds.get(base_dir, -1)
-        try:
-            gone = fd < 0 or os.fstat(fd).st_nlink == 0
-        except OSError:  # ESTALE: gone on the server
-            gone = True
-        if gone:
+        held = _held_names.get(base_dir)
+        if held is None or held.gone():
             del current_process_name_for[base_dir]
-            if _name_fds.pop(base_dir, -1) >= 0:
-                os.close(fd)
+            if held is not None:
+                _held_names.pop(base_dir).close()
 
 
 def destroy_all_process_names() -> None:
@@ -73,14 +66,13 @@ def destroy_all_process_names() -> None:
     Registered to run at exit.  Assumes nobody else in this process races with it.
     """
     collect_process_name_garbage()  # names whose directory was cleaned up: nothing to remove
-    for base_dir, name in list(current_process_name_for.items()):
-        fd = _name_fds.pop(base_dir, -1)
-        if fd >= 0:
-            try:
-                _impl.core.release(fd, base_dir, name)
-            except OSError:
-                pass  # its directory is unreadable now: nothing of ours can be removed
-    _forget_names()
+    while _held_names:
+        held = _held_names.popitem()[1]
+        try:
+            held.release()  # in the directory it was made in
+        except OSError:
+            pass  # its directory is unreadable now: nothing of ours can be removed
+    current_process_name_for.clear()
 
 
 atexit.register(destroy_all_process_names)
@@ -95,12 +87,12 @@ def get_process_name(base_dir: "StrPath") -> str:
     base_dir = _checks.directory(base_dir)
     with current_process_name_lock:
         collect_process_name_garbage()
-        name = current_process_name_for.get(base_dir)
-        if name is None:
-            fd, name = _impl.core.claim_name(base_dir)
-            _name_fds[base_dir] = fd
-            current_process_name_for[base_dir] = name
-        return name
+        held = _held_names.get(base_dir)
+        if held is None:
+            # Stored in the statement that makes it: an interrupt leaves it ours or closed.
+            held = _held_names[base_dir] = _impl.core.Held(_impl.core.Directory(base_dir))
+        current_process_name_for[base_dir] = held.name
+        return held.name
 
 
 def process_name_exists(base_dir: "StrPath", name: str) -> bool:
@@ -111,8 +103,12 @@ def process_name_exists(base_dir: "StrPath", name: str) -> bool:
     """
     base_dir = _checks.directory(base_dir)
     _checks.name(name, "process name", 0)
-    state = _impl.core.probe(base_dir, name, True)
-    if state == DENIED:
-        # Another user's file we may not open: whether its owner lives cannot be told.
-        raise _retry.error(errno.EACCES, os.path.join(base_dir, name))
-    return state == ALIVE
+    directory = _impl.core.Directory(base_dir)
+    try:
+        state = _impl.core.probe(directory, name, True)
+        if state == DENIED:
+            # Another user's file, which only its owner can open: /proc/locks tells.
+            state = _locks.judge_unopenable(directory, name)
+        return state == ALIVE
+    finally:
+        directory.close()

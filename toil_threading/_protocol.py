@@ -26,11 +26,21 @@ NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 # Longest file name most filesystems allow, in bytes.
 NAME_MAX = 255
 
-# Modes asked for at creation (the umask applies).  Name and member files are readable
-# by others so that another user's probe can open and lock them (Toil's are 0600).
+# Modes asked for at creation (the umask applies).  Name and member files are their
+# owner's alone, as Toil's are: another user cannot open one, and so cannot lock it to
+# make a dead name or member read alive (another user's probe judges such a file from
+# /proc/locks instead).  A members directory that others may write to is made sticky, so
+# that nobody removes another user's member.
 MUTEX_FILE_MODE = 0o666
-NAME_FILE_MODE = 0o644
+NAME_FILE_MODE = 0o600
 MEMBERS_DIRECTORY_MODE = 0o777
+
+# A directory descriptor argument meaning the working directory (AT_FDCWD's value on
+# Linux); -1 is a closed directory, which every call refuses (EBADF).
+WORKING_DIRECTORY = -100
+
+# How many filesystems (devices) each core keeps a strategy for before reusing slots.
+STRATEGIES_KEPT = 16
 
 # What a probe finds at a name or member file.
 ABSENT = 0  # nothing there (or it went away while we looked)

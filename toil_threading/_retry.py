@@ -56,11 +56,11 @@ def error(err: int, path: str | None) -> OSError:
     return OSError(err, _MESSAGES.get(err) or os.strerror(err), path)
 
 
-def not_a_regular_file(path: str, wanted: str) -> OSError:
+def not_a_regular_file(path: str, wanted: str, dir_fd: int, name: str) -> OSError:
     """For a FIFO, socket, device or directory found where wanted (a lock file, a file to
-    read) should be."""
+    read) should be: name, relative to dir_fd (or WORKING_DIRECTORY), says which."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except OSError:
         mode = 0
     kinds = (
@@ -74,12 +74,48 @@ def not_a_regular_file(path: str, wanted: str) -> OSError:
     return OSError(errno.EINVAL, f"not {wanted}: {kind} is there", path)
 
 
-def directory_error(err: int, directory: str) -> OSError:
-    """The error for a directory we may not open; a symbolic link there (refused with
-    ENOTDIR or ELOOP) is named as one."""
-    if err in (errno.ENOTDIR, errno.ELOOP) and os.path.islink(directory):
-        err = errno.ELOOP
-    return error(err, directory)
+def directory_error(err: int, shown: str, dir_fd: int, name: str) -> OSError:
+    """The error for a directory we may not open (name, relative to dir_fd, which may be
+    WORKING_DIRECTORY); a symbolic link there (refused with ENOTDIR or ELOOP) is named as one."""
+    if err in (errno.ENOTDIR, errno.ELOOP):
+        try:
+            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                err = errno.ELOOP
+        except OSError:
+            pass
+    return error(err, shown)
+
+
+def open_linked_directory(path: str) -> int:
+    """Open the directory path names where its last component is a symbolic link: followed
+    only where the link belongs to this user or to root, who alone could have made a link
+    they own (another user's link could point anywhere).  Everything is resolved once: the
+    link's parent, the link itself (opened without following it), then its target relative
+    to that parent.  Anything but a trusted link to a directory raises OSError."""
+    parent, name = os.path.split(path.rstrip("/") or "/")
+    held = []
+    try:
+        held.append(os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        held.append(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=held[0]))
+        link = os.fstat(held[1])
+        if not stat.S_ISLNK(link.st_mode):
+            raise error(errno.ENOTDIR, path)
+        if link.st_uid not in (0, os.geteuid()):
+            raise OSError(
+                errno.ELOOP,
+                f"a symbolic link of another user (uid {link.st_uid}) is there, and only this"
+                " user's or root's are followed",
+                path,
+            )
+        target = os.readlink("", dir_fd=held[1])
+        return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=held[0])
+    except OSError as failure:
+        if failure.filename is None:
+            raise error(failure.errno or errno.EIO, path) from None
+        raise
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def after_lock_call(
@@ -154,17 +190,20 @@ def lock_failed(err: int, failures: int, deadline: float | None, where: str) -> 
     time.sleep(pause)
 
 
-def vanished(err: int, tries: int, deadline: float | None, directory: str, path: str) -> None:
-    """A file in directory went away or clashed under us for the tries-th time.
+def vanished(
+    err: int, tries: int, deadline: float | None, dir_fd: int, directory: str, path: str
+) -> None:
+    """A file in directory (open at dir_fd) went away or clashed under us for the
+    tries-th time.
 
     On a shared filesystem another client changes the directory under our cache (ENOENT,
     ESTALE, even EEXIST without O_EXCL): try again after a short pause.  A directory that
-    is gone (or was removed while still open as our working directory) is a
-    FileNotFoundError naming it at once; so is running out of tries or of time.
+    was removed while we had it open is a FileNotFoundError naming it at once; so is
+    running out of tries or of time.
     """
     if err == errno.ENOENT:
         try:
-            gone = os.stat(directory).st_nlink == 0
+            gone = os.fstat(dir_fd).st_nlink == 0
         except OSError as missing:
             raise error(missing.errno or err, directory) from None
         if gone:

@@ -1,0 +1,96 @@
+"""The per-filesystem strategy table, shared between threads.
+
+Each core keeps how to lock on each filesystem it met (its device) in a table of
+STRATEGIES_KEPT slots, reused in turn; the compiled core reads it without the GIL on its
+common paths while another thread may be writing a slot.  Threads locking on more
+filesystems than there are slots, half of which need a record lock besides the flock,
+must never lock one filesystem by another's strategy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from children import in_child
+from conftest import linux_only, skip_or_fail
+
+import toil_threading
+from toil_threading._locks import record_locked_elsewhere
+from toil_threading._protocol import STRATEGIES_KEPT
+
+pytestmark = linux_only
+
+# ramfs is given a record lock besides the flock (as GPFS gets one), tmpfs is local.
+VERDICTS = {"TOIL_THREADING_LOCK_VERDICTS": "ramfs=node/cluster"}
+EACH_KIND = STRATEGIES_KEPT // 2 + 2  # both kinds together overflow the table
+
+
+@pytest.fixture
+def filesystems() -> Iterator[list[tuple[Path, bool]]]:
+    """Fresh tmpfs and ramfs mounts, each with whether it needs a record lock."""
+    if os.geteuid() != 0:
+        skip_or_fail("needs root, to mount filesystems")
+    with tempfile.TemporaryDirectory(prefix="toil-threading-mounts-") as top:
+        made: list[tuple[Path, bool]] = []
+        try:
+            for kind in ("tmpfs", "ramfs"):
+                for index in range(EACH_KIND):
+                    point = Path(top) / f"{kind}{index}"
+                    point.mkdir()
+                    mounted = subprocess.run(
+                        ["mount", "-t", kind, kind, str(point)], capture_output=True, text=True
+                    )
+                    if mounted.returncode != 0:
+                        skip_or_fail(f"cannot mount {kind}: {mounted.stderr.strip()}")
+                    made.append((point, kind == "ramfs"))
+            yield made
+        finally:
+            for point, _ in made:
+                subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_threads_on_more_filesystems_than_slots_lock_each_by_its_own_strategy(
+    core: str, filesystems: list[tuple[Path, bool]]
+) -> None:
+    assert len(filesystems) > STRATEGIES_KEPT
+
+    def hammer() -> tuple[int, list[str]]:
+        os.environ.update(VERDICTS)
+        wrong: list[str] = []
+        rounds = [0]
+        stop = time.monotonic() + 2.0
+
+        def work(offset: int) -> None:
+            mutex = f"thread{offset}"
+            order = filesystems[offset:] + filesystems[:offset]
+            while time.monotonic() < stop:
+                for directory, needs_record in order:
+                    with toil_threading.global_mutex(directory, mutex):
+                        # Another open file description sees a write record lock exactly
+                        # where the strategy asks for one.
+                        fd = os.open(directory / f"toil-mutex-{mutex}", os.O_RDONLY)
+                        try:
+                            seen = record_locked_elsewhere(fd)
+                        finally:
+                            os.close(fd)
+                    if seen != needs_record:
+                        wrong.append(f"{directory}: record lock {seen}, wanted {needs_record}")
+                    rounds[0] += 1
+
+        threads = [threading.Thread(target=work, args=(i * 5,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return rounds[0], wrong
+
+    rounds, wrong = in_child(hammer, timeout=60)
+    assert wrong == []
+    assert rounds > 10 * len(filesystems)  # every filesystem was met many times
