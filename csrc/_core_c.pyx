@@ -100,6 +100,7 @@ cdef extern from "compat.h" nogil:
     int fstatfs(int fd, statfs *buf)
     int F_OFD_SETLK
     int F_OFD_SETLKW
+    int O_PATH
     int count_forks()
     unsigned long forks()
     unsigned long forks_of_ours()
@@ -166,7 +167,10 @@ cdef int CREATE = O_CREAT | O_RDWR | COMMON
 cdef int WRITE = O_WRONLY | COMMON
 cdef int PROBE = O_RDONLY | COMMON
 cdef int CLAIM = O_CREAT | O_EXCL | O_RDWR | COMMON
-cdef int DIRECTORY = O_RDONLY | O_DIRECTORY | O_CLOEXEC
+# A directory is opened only to work relative to it: O_PATH, the cheapest open (where
+# there is one); a listing opens it again, readable.
+cdef int DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC
+cdef int LISTING = O_RDONLY | O_DIRECTORY | O_CLOEXEC
 
 count_forks()
 assert 0 < STRATEGIES_KEPT <= STRATEGY_SLOTS
@@ -295,17 +299,22 @@ cdef int lock_call(int fd, How how, bint exclusive, bint wait) noexcept nogil:
 
 
 cdef int lock_fd(
-    int fd, How how, bint exclusive, bint block, object deadline, str path, bint announce=False
+    int fd, How how, bint exclusive, bint block, object deadline, str path, bint announce=False,
+    int first=0
 ) except -1:
     """Take a lock with the package's policy (_retry.after_lock_call): HAD or WAITED once
     had, or, without block, the errno saying it is busy.  With announce, a wait is
-    announced first (announce_waiting), so the holder keeps the file for us."""
-    cdef int err, step
+    announced first (announce_waiting), so the holder keeps the file for us.  first is
+    what a try already made (by the quick path) failed with, or 0."""
+    cdef int err = first, step
     cdef bint wait = False
     cdef list counts = [0, 0]
     while True:
-        with nogil:
-            err = lock_call(fd, how, exclusive, wait)
+        if first:
+            first = 0
+        else:
+            with nogil:
+                err = lock_call(fd, how, exclusive, wait)
         if err == 0:
             return WAITED if wait or counts[1] else HAD
         if err == EINTR:
@@ -402,7 +411,7 @@ def strategy(int fd, str directory):
 
 cdef Sameness compare(
     int fd, int dir_fd, const char *name, int strategy, bint removing, int *err,
-    long *size=NULL
+    long *size=NULL, const stat *known=NULL
 ) noexcept nogil:
     """Does name (relative to dir_fd) still name the locked file open at fd?
 
@@ -411,21 +420,26 @@ cdef Sameness compare(
     the entry (removing), its device and inode are compared with ours, everywhere; a
     shared filesystem's cached attributes may lie, so there the name is opened afresh
     (which the server resolves).  Sets err when it cannot tell; a symlink is another file.
-    Where size is given, it gets the file's size.
+    Where size is given, it gets the file's size.  known, where given, is fd's fstat from
+    when it was locked (a file's device and inode never change): removing on a local
+    filesystem, only the entry at name is looked at then.
     """
     cdef stat held, named
     cdef int named_fd, rc
     err[0] = 0
-    if c_fstat(fd, &held) != 0:
-        if errno != ESTALE:
-            err[0] = errno
-        return GONE
-    if size != NULL:
-        size[0] = held.st_size
-    if held.st_nlink == 0:
-        return GONE
-    if held.st_nlink == 1 and not removing and not strategy & SHARED:
-        return SAME
+    if known != NULL and removing and not strategy & SHARED:
+        held = known[0]
+    else:
+        if c_fstat(fd, &held) != 0:
+            if errno != ESTALE:
+                err[0] = errno
+            return GONE
+        if size != NULL:
+            size[0] = held.st_size
+        if held.st_nlink == 0:
+            return GONE
+        if held.st_nlink == 1 and not removing and not strategy & SHARED:
+            return SAME
     if strategy & SHARED:
         named_fd = openat(dir_fd, name, PROBE)
         if named_fd < 0:
@@ -446,7 +460,11 @@ cdef Sameness compare(
         return GONE
     elif S_ISLNK(named.st_mode):
         return REPLACED
-    return SAME if named.st_dev == held.st_dev and named.st_ino == held.st_ino else REPLACED
+    if named.st_dev != held.st_dev or named.st_ino != held.st_ino:
+        return REPLACED
+    if known != NULL and size != NULL:
+        size[0] = named.st_size  # the same file: its size now
+    return SAME
 
 
 def same_file(int fd, str path):
@@ -507,12 +525,14 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
 
 
 cdef int lock_new(
-    int fd, int dir_fd, str directory, str filename, bytes name, bint block, object deadline
+    int fd, int dir_fd, str directory, str filename, bytes name, bint block, object deadline,
+    int tried=0
 ) except -3:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
     file is not worth keeping (the caller closes it and starts again).  A wait on a local
-    filesystem is announced, so that the holder keeps the file for us."""
+    filesystem is announced, so that the holder keeps the file for us.  tried is what the
+    quick path's try of the flock failed with, or 0."""
     cdef stat info
     cdef int rc, err = 0, strategy, had
     cdef Sameness sameness
@@ -529,7 +549,7 @@ cdef int lock_new(
         raise retry_module().not_a_regular_file(shown, "a lock file", dir_fd, filename)
     try:
         strategy = strategy_of(fd, info.st_dev, directory)
-        had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0)
+        had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0, tried)
         if strategy & RECORD_LOCK and had <= WAITED:
             had = max(had, lock_fd(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
@@ -548,60 +568,70 @@ cdef int lock_new(
 
 
 cdef int release_at(
-    int fd, int dir_fd, bytes name, str shown, int strategy, bint keep_for_waiters=False,
-    bint sole=False, int close_too=-1
+    int fd, int dir_fd, bytes name, str directory, str filename, int strategy,
+    bint keep_for_waiters=False, bint sole=False, int close_too=-1, const stat *known=NULL,
+    bint report_lost=True
 ) except -1:
     """Unlink the lock file if the entry at name is still fd's file, then let go of it and
     close close_too (a directory opened for the hold, or -1): all of it before any Python
     runs, so nothing can leave the lock held or a descriptor open.  With keep_for_waiters,
     a file others announced they wait on stays, for them to lock; a sole descriptor is only
-    closed (see let_go)."""
+    closed (see let_go); known is as for compare.  report_lost says in the log when the
+    file was removed or replaced by someone else while held.  directory and filename name
+    the file in messages (joined only when one is needed)."""
     cdef int err = 0, unlink_err = 0, failure
     cdef long size = 0
     cdef Sameness sameness
     cdef const char *c_name = name
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, True, &err, &size)
+        sameness = compare(fd, dir_fd, c_name, strategy, True, &err, &size, known)
         if sameness == SAME and not (keep_for_waiters and size > 0 and waiters_announced(fd)):
             if unlinkat(dir_fd, c_name, 0) != 0:
                 unlink_err = errno
         failure = let_go(fd, strategy, sole)
         close_quietly(close_too)
+    if not (err or unlink_err or failure or sameness != SAME):
+        return 0
+    shown = f"{directory}/{filename}"
     if unlink_err == EPERM or unlink_err == EACCES:
         retry_module().kept(shown, unlink_err)
         unlink_err = 0
     elif vanished(unlink_err):
         sameness, unlink_err = GONE, 0
-    if sameness != SAME and not err:
+    if sameness != SAME and not err and report_lost:
         retry_module().lost(shown, sameness == REPLACED)
     if err or unlink_err or failure:
         raise retry_module().error(err or unlink_err or failure, shown)
     return 0
 
 
-cdef bint quick_lock(int fd, stat *info) noexcept nogil:
-    """The common acquisition, all without the GIL: fd is a regular file on a local
-    filesystem already met, its lock is free, and it still has its one link.  False
-    (holding nothing) hands over to the general path."""
-    if c_fstat(fd, info) != 0 or not S_ISREG(info.st_mode) or known_strategy(info.st_dev) != 0:
-        return False
+cdef bint quick_lock(int fd, stat *info, int *tried) noexcept nogil:
+    """The common acquisition, all without the GIL: the lock on fd is free, and fd is a
+    regular file on a local filesystem already met that still has its one link (one
+    fstat after the lock says all of it; info keeps it).  False (holding nothing) hands
+    over to the general path; tried gets what the flock failed with (busy, or an error
+    the general path must count as a failed try), or 0."""
     if flock(fd, LOCK_EX | LOCK_NB) != 0:
+        tried[0] = errno
         return False
-    if c_fstat(fd, info) == 0 and info.st_nlink == 1:
+    tried[0] = 0
+    if (
+        c_fstat(fd, info) == 0 and S_ISREG(info.st_mode) and info.st_nlink == 1
+        and known_strategy(info.st_dev) == 0
+    ):
         return True
     flock(fd, LOCK_UN)
     return False
 
 
-cdef bint quick_claim(int fd) noexcept nogil:
+cdef bint quick_claim(int fd, stat *info) noexcept nogil:
     """The common claim, all without the GIL: fd is a file this process just created (so
     a regular one), its lock is free, it still has its one link (no poller removed it
-    before the lock) and it is on a local filesystem already met.  False (holding
-    nothing) hands over to the general path."""
-    cdef stat info
+    before the lock) and it is on a local filesystem already met (info keeps its fstat).
+    False (holding nothing) hands over to the general path."""
     if flock(fd, LOCK_EX | LOCK_NB) != 0:
         return False
-    if c_fstat(fd, &info) == 0 and info.st_nlink == 1 and known_strategy(info.st_dev) == 0:
+    if c_fstat(fd, info) == 0 and info.st_nlink == 1 and known_strategy(info.st_dev) == 0:
         return True
     flock(fd, LOCK_UN)
     return False
@@ -612,14 +642,16 @@ cdef class HeldMutex:
 
     directory is where the mutex lives: a Directory the caller keeps open, or a path,
     opened once at each entry and kept until the exit, so that the release happens in the
-    directory the mutex was taken in.  Dropped while entered (never exited), it lets the
-    mutex go when collected.
+    directory the mutex was taken in.  Dropped while entered (never exited), its
+    descriptor is closed when collected, which lets the mutex go (the file stays, free,
+    for the next holder to remove).
     """
     cdef Directory given, opened
     cdef str base_dir, filename
     cdef bytes base, name
     cdef object timeout
     cdef int fd, own_dir, strategy
+    cdef stat identity  # the mutex file's fstat once locked (its device and inode)
     cdef unsigned long forks, forks_made
 
     def __cinit__(self):
@@ -636,8 +668,7 @@ cdef class HeldMutex:
         self.name = encoded(filename)
 
     def __enter__(self):
-        cdef int dir_fd = -1, strategy = 0, stale = 0
-        cdef stat info
+        cdef int dir_fd = -1, strategy = 0, stale = 0, rc = 0, tried = 0
         cdef bint quick = False
         cdef const char *name = self.name
         cdef const char *base = NULL
@@ -654,7 +685,7 @@ cdef class HeldMutex:
                 dir_fd = self.own_dir
             if dir_fd >= 0:
                 self.fd = openat(dir_fd, name, CREATE, MUTEX_FILE_MODE)
-                quick = self.fd >= 0 and quick_lock(self.fd, &info)
+                quick = self.fd >= 0 and quick_lock(self.fd, &self.identity, &tried)
         try:
             if dir_fd < 0 and self.given is None:  # a link there, or an error to word
                 self.opened = Directory(self.base_dir)
@@ -662,8 +693,14 @@ cdef class HeldMutex:
             while not quick:
                 if self.fd < 0:
                     self.fd = open_lock_file(dir_fd, self.base_dir, self.filename, self.name, deadline)
-                strategy = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True, deadline)
+                strategy = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True,
+                                    deadline, tried)
+                tried = 0
                 if strategy >= 0:
+                    with nogil:
+                        rc = c_fstat(self.fd, &self.identity)
+                    if rc != 0:
+                        raise retry_module().error(errno, f"{self.base_dir}/{self.filename}")
                     break
                 # The previous holder unlinked (or someone replaced) the file while we
                 # waited; or a stale cache showed us a file already gone: then pause.
@@ -682,14 +719,9 @@ cdef class HeldMutex:
             raise RuntimeError("this global_mutex() was not entered")
         self.end_hold()
 
-    def __del__(self):
-        try:
-            if self.fd >= 0:
-                self.end_hold()
-            else:
-                self.abandon()
-        except Exception:  # the lock is let go whatever failed; a collector cannot raise
-            pass
+    def __dealloc__(self):
+        close_quietly(self.fd)
+        close_quietly(self.own_dir)
 
     cdef void close_file(self) noexcept:
         cdef int fd = self.fd
@@ -724,8 +756,8 @@ cdef class HeldMutex:
             # go.
             local = self.strategy == 0
             sole = local and self.forks_made == forks_of_ours()
-            return release_at(fd, dir_fd, self.name, f"{self.base_dir}/{self.filename}",
-                              self.strategy, local, sole, own)
+            return release_at(fd, dir_fd, self.name, self.base_dir, self.filename,
+                              self.strategy, local, sole, own, &self.identity)
         finally:
             self.opened = None
 
@@ -780,12 +812,14 @@ cdef class Held:
     cdef readonly Directory directory
     cdef readonly str name
     cdef int descriptor, strategy
+    cdef stat identity  # the file's fstat once locked (its device and inode)
+    cdef unsigned long forks_made  # forks this process had made when it locked the file
 
     def __cinit__(self):
         self.descriptor = -1
 
     def __init__(self, Directory directory not None):
-        cdef int err, strategy, misses = 0, dir_fd = directory.fd
+        cdef int err, strategy, misses = 0, dir_fd = directory.fd, rc
         cdef bytes name
         cdef const char *c_name
         cdef bint quick
@@ -800,9 +834,9 @@ cdef class Held:
             with nogil:
                 self.descriptor = openat(dir_fd, c_name, CLAIM, NAME_FILE_MODE)
                 err = errno
-                quick = self.descriptor >= 0 and quick_claim(self.descriptor)
+                quick = self.descriptor >= 0 and quick_claim(self.descriptor, &self.identity)
             if quick:
-                self.name = base
+                self.name, self.forks_made = base, forks_of_ours()
                 return
             if self.descriptor < 0:
                 if err == EINTR:
@@ -817,7 +851,13 @@ cdef class Held:
                     self.abandon(name, base)
                     raise
                 if strategy >= 0:
-                    self.name, self.strategy = base, strategy
+                    with nogil:
+                        rc = c_fstat(self.descriptor, &self.identity)
+                        err = errno
+                    if rc != 0:
+                        self.abandon(name, base)
+                        raise retry_module().error(err, f"{directory.path}/{base}")
+                    self.name, self.strategy, self.forks_made = base, strategy, forks_of_ours()
                     return
                 self.close()
                 err = ESTALE if strategy == STALE else EEXIST
@@ -830,7 +870,7 @@ cdef class Held:
         cdef int fd = self.descriptor
         self.descriptor = -1
         try:
-            release_at(fd, self.directory.fd, name, f"{self.directory.path}/{text}", 0)
+            release_at(fd, self.directory.fd, name, self.directory.path, text, 0)
         except OSError:
             pass  # closed whatever failed (see release_at): the claim's error is the one told
         return 0
@@ -854,13 +894,17 @@ cdef class Held:
         return rc != 0 or info.st_nlink == 0  # a failure is ESTALE: gone on the server
 
     def release(self):
-        """Remove the file if the entry at its name is still it, and let go of it."""
+        """Remove the file if the entry at its name is still it, and let go of it (a file
+        already removed, with its directory by a cleanup, is nothing to report)."""
         cdef int fd = self.descriptor
+        # With no fork since the claim, our descriptor is the only one: closing it lets
+        # the lock go.
+        cdef bint sole = self.strategy == 0 and self.forks_made == forks_of_ours()
         if fd < 0:
             raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
         self.descriptor = -1
-        release_at(fd, self.directory.fd, encoded(self.name),
-                   f"{self.directory.path}/{self.name}", self.strategy)
+        release_at(fd, self.directory.fd, encoded(self.name), self.directory.path, self.name,
+                   self.strategy, False, sole, -1, &self.identity, False)
 
     def close(self):
         """Close without unlocking or removing (after a fork: the lock is the parent's)."""
@@ -1001,7 +1045,7 @@ def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
     cdef bytes name
     with nogil:
         # A descriptor of its own (its own read offset), which closedir closes.
-        fd = openat(dir_fd, ".", DIRECTORY)
+        fd = openat(dir_fd, ".", LISTING)
         if fd >= 0:
             listing = fdopendir(fd)
             if listing == NULL:

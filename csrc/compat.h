@@ -21,6 +21,12 @@
 #define F_OFD_SETLKW (-1)
 #endif
 
+/* O_PATH (open a directory only to work relative to it) is Linux's; elsewhere a directory
+   is opened for reading. */
+#ifndef O_PATH
+#define O_PATH O_RDONLY
+#endif
+
 /* errno is a macro in C: Cython assigns it through this. */
 static inline void set_errno(int value) { errno = value; }
 

@@ -9,20 +9,16 @@ must never lock one filesystem by another's strategy.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from children import in_child
-from conftest import linux_only, skip_or_fail
+from conftest import linux_only, python_with_core, skip_or_fail
 
-import toil_threading
-from toil_threading._locks import record_locked_elsewhere
 from toil_threading._protocol import STRATEGIES_KEPT
 
 pytestmark = linux_only
@@ -56,41 +52,55 @@ def filesystems() -> Iterator[list[tuple[Path, bool]]]:
                 subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+# Run in a fresh interpreter, not a fork of this one, so that its table starts empty: a
+# filesystem this process met and that was unmounted since may have left its device
+# number to one of these.
+HAMMER = """
+import json, os, threading, time
+import toil_threading
+from toil_threading._locks import record_locked_elsewhere
+
+wrong = []
+rounds = [0]
+stop = time.monotonic() + 2.0
+
+
+def work(offset):
+    mutex = f"thread{offset}"
+    order = filesystems[offset:] + filesystems[:offset]
+    while time.monotonic() < stop:
+        for directory, needs_record in order:
+            with toil_threading.global_mutex(directory, mutex):
+                # Another open file description sees a write record lock exactly where
+                # the strategy asks for one.
+                fd = os.open(os.path.join(directory, f"toil-mutex-{mutex}"), os.O_RDONLY)
+                try:
+                    seen = record_locked_elsewhere(fd)
+                finally:
+                    os.close(fd)
+            if seen != needs_record:
+                wrong.append(f"{directory}: record lock {seen}, wanted {needs_record}")
+            rounds[0] += 1
+
+
+threads = [threading.Thread(target=work, args=(i * 5,)) for i in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps([rounds[0], wrong]))
+"""
+
+
 def test_threads_on_more_filesystems_than_slots_lock_each_by_its_own_strategy(
     core: str, filesystems: list[tuple[Path, bool]]
 ) -> None:
     assert len(filesystems) > STRATEGIES_KEPT
-
-    def hammer() -> tuple[int, list[str]]:
-        os.environ.update(VERDICTS)
-        wrong: list[str] = []
-        rounds = [0]
-        stop = time.monotonic() + 2.0
-
-        def work(offset: int) -> None:
-            mutex = f"thread{offset}"
-            order = filesystems[offset:] + filesystems[:offset]
-            while time.monotonic() < stop:
-                for directory, needs_record in order:
-                    with toil_threading.global_mutex(directory, mutex):
-                        # Another open file description sees a write record lock exactly
-                        # where the strategy asks for one.
-                        fd = os.open(directory / f"toil-mutex-{mutex}", os.O_RDONLY)
-                        try:
-                            seen = record_locked_elsewhere(fd)
-                        finally:
-                            os.close(fd)
-                    if seen != needs_record:
-                        wrong.append(f"{directory}: record lock {seen}, wanted {needs_record}")
-                    rounds[0] += 1
-
-        threads = [threading.Thread(target=work, args=(i * 5,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return rounds[0], wrong
-
-    rounds, wrong = in_child(hammer, timeout=60)
+    places = [(str(point), needs_record) for point, needs_record in filesystems]
+    code = f"filesystems = {places!r}\n{HAMMER}"
+    child = python_with_core(core, code, env=VERDICTS, stdout=subprocess.PIPE)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    rounds, wrong = json.loads(out)
     assert wrong == []
     assert rounds > 10 * len(filesystems)  # every filesystem was met many times

@@ -93,16 +93,19 @@ class LastProcessStandingArena:
         member, base = self._member, self._base
         if member is None or base is None or not member.held:
             raise RuntimeError(f"this process is not in the arena {self.name!r}")
-        try:
-            with _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None):
-                member.release()
-                self._member = None
-                if not _anyone_alive(member.directory):
-                    yield True
-                    _remove_members_directory(base, member.directory)
-        finally:
-            member.directory.close()
-            base.close()
+        # No try, finally or with spans the yield: a generator dropped there (its caller
+        # interrupted or gone) is only cleared, and its mutex closed by C code, so no line
+        # of Python runs as it is collected.  Any failure lets the mutex go the same way.
+        mutex = _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None)
+        mutex.__enter__()
+        member.release()
+        self._member = None
+        if not _anyone_alive(member.directory):
+            yield True
+            _remove_members_directory(base, member.directory)
+        mutex.__exit__(None, None, None)
+        member.directory.close()
+        base.close()
 
 
 def _keep_members_apart(members: "Directory") -> None:
@@ -113,7 +116,9 @@ def _keep_members_apart(members: "Directory") -> None:
     if not info.st_mode & 0o022 or info.st_mode & stat.S_ISVTX:
         return
     if info.st_uid == os.geteuid():
-        os.fchmod(members.fd, stat.S_IMODE(info.st_mode) | stat.S_ISVTX)
+        # Through the descriptor's own name in /proc (an O_PATH descriptor takes no fchmod):
+        # the directory held, whatever is at its name now.
+        os.chmod(f"/proc/self/fd/{members.fd}", stat.S_IMODE(info.st_mode) | stat.S_ISVTX)
     else:
         _retry.log(
             30,

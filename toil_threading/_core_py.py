@@ -7,9 +7,9 @@ handlers (PEP 475), so a Ctrl-C during a wait raises KeyboardInterrupt here with
 
 Every operation works relative to a directory opened once (a Directory), and every
 descriptor belongs to an owner from the moment it exists: an owner keeps its descriptors
-in a list that `_open_into` fills and `_close_all` empties, each in a step no signal
-handler and no traced line can split (see those two), so an exception raised anywhere
-leaves a descriptor either owned (and closed by its owner later) or closed.
+in a list of holders, objects that close their descriptor in C when closed or dropped
+(see _open_into), so an exception raised at any line, a signal handler's included,
+leaves a descriptor either owned or closed, and no finalizer of ours ever runs.
 """
 
 import errno
@@ -62,7 +62,10 @@ _CREATE = os.O_CREAT | os.O_RDWR | _COMMON
 _WRITE = os.O_WRONLY | _COMMON
 _PROBE = os.O_RDONLY | _COMMON
 _CLAIM = os.O_CREAT | os.O_EXCL | os.O_RDWR | _COMMON
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# A directory is opened only to work relative to it: O_PATH, the cheapest open (where
+# there is one); a listing opens it again, readable.
+_DIRECTORY = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_LISTING = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # A file still at its name (_SAME), gone from it (_GONE), or another file there (_REPLACED).
 _SAME, _GONE, _REPLACED = 0, 1, 2
@@ -71,6 +74,13 @@ _HAD, _WAITED = 0, 1
 # Why a new lock file was let go: lost to another process after waiting for it (_LOST), or
 # found gone or changed at once, as a shared filesystem's stale cache makes it (_STALE).
 _LOST, _STALE = -1, -2
+
+# What holds each descriptor: the standard library's one object that owns any descriptor
+# (fromfd) and closes it in C at close() or when dropped.  Its polling is never used.
+if sys.platform.startswith("linux"):
+    from select import epoll as _Holder
+else:  # the BSDs and macOS
+    from select import kqueue as _Holder
 
 # Forks this process came through (counted in each child): a lock entered before the fork
 # that made this process belongs to its parent, which this process must never release.
@@ -97,20 +107,19 @@ if hasattr(os, "register_at_fork"):
 # Descriptors and their owners.
 
 
-def _open_into(owner: "list[int]", path: str, flags: int, mode: int, dir_fd: int) -> int:
-    """Open path (relative to dir_fd, which may be WORKING_DIRECTORY) and append the
-    descriptor to owner, in one step of C: no Python line, and so no signal handler,
-    runs between the open and the append.  Returns the descriptor."""
-    owner.extend(map(partial(os.open, flags=flags, mode=mode, dir_fd=dir_fd), (path,)))
-    return owner[-1]
+def _open_into(owner: "list[_Holder]", path: str, flags: int, mode: int, dir_fd: int) -> int:
+    """Open path (relative to dir_fd, which may be WORKING_DIRECTORY) and add a holder of
+    the descriptor to owner, in one step of C: no Python line, and so no signal handler,
+    runs between the open and the holder taking it.  Returns the descriptor."""
+    opened = map(partial(os.open, flags=flags, mode=mode, dir_fd=dir_fd), (path,))
+    owner.extend(map(_Holder.fromfd, opened))
+    return owner[-1].fileno()
 
 
-def _close_all(owner: "list[int]") -> None:
-    """Close owner's descriptors, each taken from the list just before its close on the same
-    line (no call between them, so no signal handler either): an interrupt leaves each one
-    owned or closed, never closed twice.  close(2) frees a descriptor whatever it returns."""
+def _close_all(owner: "list[_Holder]") -> None:
+    """Close owner's descriptors (a holder dropped halfway closes its own)."""
     while owner:
-        fd = owner[-1]; del owner[-1]; os.closerange(fd, fd + 1)  # noqa: E702  # fmt: skip
+        owner.pop().close()
 
 
 class Directory:
@@ -128,7 +137,7 @@ class Directory:
     def __init__(
         self, path: str, parent: "Directory | None" = None, mode: int = -1, follow: bool = False
     ) -> None:
-        self._fds: list[int] = []
+        self._fds: list[_Holder] = []
         if parent is None:
             path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
         self.path = path if parent is None else f"{parent.path}/{path}"
@@ -147,16 +156,13 @@ class Directory:
             err = error.errno or errno.EIO
             if parent is not None or follow or err not in (errno.ENOTDIR, errno.ELOOP):
                 raise _retry.directory_error(err, self.path, at, path) from None
-            self._fds.append(_retry.open_linked_directory(path))
+            self._fds.append(_Holder.fromfd(_retry.open_linked_directory(path)))
 
     @property
     def fd(self) -> int:
-        return self._fds[0] if self._fds else -1
+        return self._fds[0].fileno() if self._fds else -1
 
     def close(self) -> None:
-        _close_all(self._fds)
-
-    def __del__(self) -> None:
         _close_all(self._fds)
 
 
@@ -190,7 +196,7 @@ def _lock(
         wait = wait or step == WAIT
 
 
-def _let_go(owner: "list[int]", strategy: int, sole: bool = False) -> None:
+def _let_go(owner: "list[_Holder]", strategy: int, sole: bool = False) -> None:
     """Let go of every lock on owner's descriptor and close it.  Closing releases the locks
     anyway, so an unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an
     error.  A descriptor no other process shares (sole) is only closed: that alone lets its
@@ -199,8 +205,8 @@ def _let_go(owner: "list[int]", strategy: int, sole: bool = False) -> None:
     if not sole and owner:
         try:
             if strategy & RECORD_LOCK:
-                unlock_record(owner[0])
-            fcntl.flock(owner[0], fcntl.LOCK_UN)
+                unlock_record(owner[0].fileno())
+            fcntl.flock(owner[0].fileno(), fcntl.LOCK_UN)
         except OSError as error:
             failure = error.errno or errno.EIO
     _close_all(owner)
@@ -215,7 +221,7 @@ def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str |
 
 
 def unlock_and_close(fd: int) -> None:
-    _let_go([fd], 0)
+    _let_go([_Holder.fromfd(fd)], 0)
 
 
 def fs_magic(target: str | int) -> int:
@@ -264,62 +270,91 @@ def strategy(fd: int, directory: str) -> int:
     return _strategy(fd, os.fstat(fd).st_dev, directory)
 
 
-def _identity_at(dir_fd: int, name: str, reopen: bool) -> tuple[int, int] | None:
-    """(device, inode) of the file name now names in dir_fd; None if nothing is there,
-    (-1, -1) for a symlink.  With reopen, the name is opened afresh (which a shared
-    filesystem's server resolves, where stat(2) may answer from a cache)."""
+def _found_at(dir_fd: int, name: str, reopen: bool) -> tuple[int, int, int] | None:
+    """(device, inode, size) of the file name now names in dir_fd; None if nothing is
+    there, (-1, -1, 0) for a symlink.  With reopen, the name is opened afresh (which a
+    shared filesystem's server resolves, where stat(2) may answer from a cache)."""
     try:
         if not reopen:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            return (-1, -1) if stat.S_ISLNK(info.st_mode) else (info.st_dev, info.st_ino)
-        probe: list[int] = []
-        try:
-            info = os.fstat(_open_into(probe, name, _PROBE, 0, dir_fd))
-        finally:
-            _close_all(probe)
+            if stat.S_ISLNK(info.st_mode):
+                return (-1, -1, 0)
+        else:
+            probe: list[_Holder] = []
+            try:
+                info = os.fstat(_open_into(probe, name, _PROBE, 0, dir_fd))
+            finally:
+                _close_all(probe)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            return (-1, -1)
+            return (-1, -1, 0)
         if error.errno in _VANISHED:
             return None
         raise
-    return (info.st_dev, info.st_ino)
+    return (info.st_dev, info.st_ino, info.st_size)
 
 
-def _sameness(fd: int, dir_fd: int, name: str, strategy: int, removing: bool, shown: str) -> int:
-    """Does name (relative to dir_fd) still name the locked file open at fd?
+def _sameness(
+    fd: int,
+    dir_fd: int,
+    name: str,
+    strategy: int,
+    removing: bool,
+    shown: str,
+    known: tuple[int, int] | None = None,
+) -> tuple[int, int]:
+    """Does name (relative to dir_fd) still name the locked file open at fd?  And the
+    file's size.
 
     Acquiring on a local filesystem, the locked descriptor answers: nobody unlinks a lock
     file but its holder, so a file with one link is still at its name.  Before removing
     the entry (removing), its device and inode are compared with ours, everywhere; a
     shared filesystem's cached attributes may lie, so there the name is opened afresh.
+    known, where given, is fd's (device, inode) from when it was locked (they never
+    change): removing on a local filesystem, only the entry at name is looked at then.
     """
+    size = 0
     try:
-        info = os.fstat(fd)
-        if info.st_nlink == 0:
-            return _GONE
-        if info.st_nlink == 1 and not removing and not strategy & SHARED:
-            return _SAME
-        found = _identity_at(dir_fd, name, bool(strategy & SHARED))
+        if known is not None and removing and not strategy & SHARED:
+            held = known
+        else:
+            info = os.fstat(fd)
+            held, size = (info.st_dev, info.st_ino), info.st_size
+            if info.st_nlink == 0:
+                return _GONE, size
+            if info.st_nlink == 1 and not removing and not strategy & SHARED:
+                return _SAME, size
+        found = _found_at(dir_fd, name, bool(strategy & SHARED))
     except OSError as error:
         if error.errno == errno.ESTALE:
-            return _GONE
+            return _GONE, size
         raise _retry.error(error.errno or errno.EIO, shown) from None
     if found is None:
-        return _GONE
-    return _SAME if found == (info.st_dev, info.st_ino) else _REPLACED
+        return _GONE, size
+    if found[:2] != held:
+        return _REPLACED, size
+    return _SAME, found[2] if known is not None else size
+
+
+def _identity(fd: int, shown: str) -> tuple[int, int]:
+    """(device, inode) of the file open at fd, kept while it is held."""
+    try:
+        info = os.fstat(fd)
+    except OSError as error:
+        raise _retry.error(error.errno or errno.EIO, shown) from None
+    return (info.st_dev, info.st_ino)
 
 
 def same_file(fd: int, path: str) -> bool:
     os.fstat(fd)  # the descriptor is at fault, not the path
-    return _sameness(fd, WORKING_DIRECTORY, path, SHARED, True, path) == _SAME
+    return _sameness(fd, WORKING_DIRECTORY, path, SHARED, True, path)[0] == _SAME
 
 
 # global_mutex: the mutex file, opened, locked and verified, then unlinked and let go.
 
 
 def _open_lock_file(
-    owner: "list[int]", directory: Directory, name: str, deadline: float | None
+    owner: "list[_Holder]", directory: Directory, name: str, deadline: float | None
 ) -> int:
     """Open (creating it if missing) the lock file name in directory, never through a
     symlink, into owner.
@@ -374,7 +409,7 @@ def _lock_new(fd: int, directory: Directory, name: str, block: bool, deadline: f
         raise
     if had > _WAITED:
         return _LOST  # held, and not to be waited for (a poller looking at a new file)
-    if _sameness(fd, directory.fd, name, strategy, False, shown) == _SAME:
+    if _sameness(fd, directory.fd, name, strategy, False, shown)[0] == _SAME:
         return strategy
     return _LOST if had == _WAITED else _STALE
 
@@ -392,27 +427,31 @@ def _unlink(dir_fd: int, name: str) -> int:
 
 
 def _release_at(
-    owner: "list[int]",
+    owner: "list[_Holder]",
     directory: Directory,
     name: str,
     strategy: int,
     keep_for_waiters: bool = False,
     sole: bool = False,
+    report_lost: bool = True,
+    known: tuple[int, int] | None = None,
 ) -> None:
     """Unlink the lock file owner holds if the entry at name is still it, then let go of
     it (always).  With keep_for_waiters, a file others announced they wait on stays, for
-    them to lock; a sole descriptor is only closed (see _let_go)."""
+    them to lock; a sole descriptor is only closed (see _let_go).  report_lost says in the
+    log when the file was removed or replaced by someone else while held; known is as
+    for _sameness."""
     shown = f"{directory.path}/{name}"
     try:
-        fd = owner[0]
-        sameness = _sameness(fd, directory.fd, name, strategy, True, shown)
-        kept = keep_for_waiters and os.fstat(fd).st_size > 0 and waiters_announced(fd)
+        fd = owner[0].fileno()
+        sameness, size = _sameness(fd, directory.fd, name, strategy, True, shown, known)
+        kept = keep_for_waiters and size > 0 and waiters_announced(fd)
         refused = _unlink(directory.fd, name) if sameness == _SAME and not kept else 0
         if refused in _REFUSED_UNLINK:
             _retry.kept(shown, refused)
         elif refused:
             sameness = _GONE
-        if sameness != _SAME:
+        if sameness != _SAME and report_lost:
             _retry.lost(shown, sameness == _REPLACED)
     finally:
         _let_go(owner, strategy, sole)
@@ -423,18 +462,20 @@ class HeldMutex:
 
     directory is where the mutex lives: a Directory the caller keeps open, or a path,
     opened once at each entry and kept until the exit, so that the release happens in the
-    directory the mutex was taken in.  Dropped while entered (never exited), it lets the
-    mutex go when collected.
+    directory the mutex was taken in.  Dropped while entered (never exited), its
+    descriptor is closed when collected, which lets the mutex go (the file stays, free,
+    for the next holder to remove).
     """
 
-    __slots__ = ("_directory", "_filename", "_forks", "_forks_made", "_held", "_opened",
-                 "_strategy", "_timeout")  # fmt: skip
+    __slots__ = ("_directory", "_filename", "_forks", "_forks_made", "_held", "_identity",
+                 "_opened", "_strategy", "_timeout")  # fmt: skip
 
     def __init__(self, directory: "Directory | str", filename: str, timeout: float | None) -> None:
-        self._held: list[int] = []  # the mutex file's descriptor, while held
+        self._held: list[_Holder] = []  # the mutex file's descriptor, while held
         self._opened: list[Directory] = []  # the directory, when opened here from a path
         self._directory, self._filename, self._timeout = directory, filename, timeout
         self._strategy = self._forks = self._forks_made = 0
+        self._identity = (0, 0)  # the mutex file's device and inode, once locked
 
     def __enter__(self) -> None:
         if self._held or self._opened:
@@ -451,6 +492,7 @@ class HeldMutex:
                 fd = _open_lock_file(self._held, directory, self._filename, deadline)
                 strategy = _lock_new(fd, directory, self._filename, True, deadline)
                 if strategy >= 0:
+                    self._identity = _identity(fd, f"{directory.path}/{self._filename}")
                     self._strategy = strategy
                     self._forks, self._forks_made = _forks, _forks_made
                     return
@@ -471,12 +513,6 @@ class HeldMutex:
             raise RuntimeError("this global_mutex() was not entered")
         self._end_hold()
 
-    def __del__(self) -> None:
-        if self._held:
-            self._end_hold()
-        else:
-            self._abandon()
-
     def _abandon(self) -> None:
         """Close what an entry that failed had opened (no lock is held)."""
         _close_all(self._held)
@@ -495,7 +531,8 @@ class HeldMutex:
                 # the lock go.
                 local = self._strategy == 0
                 sole = local and self._forks_made == _forks_made
-                _release_at(self._held, directory, self._filename, self._strategy, local, sole)
+                _release_at(self._held, directory, self._filename, self._strategy, local, sole,
+                            True, self._identity)  # fmt: skip
         finally:
             self._abandon()
 
@@ -525,13 +562,14 @@ class Held:
     stays: a dead name, removed by the next probe of it).
     """
 
-    __slots__ = ("_fds", "_strategy", "directory", "name")
+    __slots__ = ("_fds", "_forks_made", "_identity", "_strategy", "directory", "name")
 
     def __init__(self, directory: Directory) -> None:
-        self._fds: list[int] = []
+        self._fds: list[_Holder] = []
         self.directory = directory
         self.name = ""
-        self._strategy = 0
+        self._strategy = self._forks_made = 0
+        self._identity = (0, 0)  # the file's device and inode, once locked
         # A name taken already (EEXIST), a file gone under a stale cache, or one a poller
         # is looking at: try another name, pausing from the second miss on, within bounds.
         misses = 0
@@ -550,7 +588,12 @@ class Held:
                     self._abandon(name)
                     raise
                 if strategy >= 0:
-                    self.name, self._strategy = name, strategy
+                    try:
+                        self._identity = _identity(fd, f"{directory.path}/{name}")
+                    except BaseException:
+                        self._abandon(name)
+                        raise
+                    self.name, self._strategy, self._forks_made = name, strategy, _forks_made
                     return
                 _close_all(self._fds)
                 err = errno.ESTALE if strategy == _STALE else errno.EEXIST
@@ -571,26 +614,28 @@ class Held:
 
     @property
     def fd(self) -> int:
-        return self._fds[0] if self._fds else -1
+        return self._fds[0].fileno() if self._fds else -1
 
     def gone(self) -> bool:
         """Whether the file is gone from every directory (its directory was cleaned up)."""
         try:
-            return not self._fds or os.fstat(self._fds[0]).st_nlink == 0
+            return not self._fds or os.fstat(self._fds[0].fileno()).st_nlink == 0
         except OSError:  # ESTALE: gone on the server
             return True
 
     def release(self) -> None:
-        """Remove the file if the entry at its name is still it, and let go of it."""
+        """Remove the file if the entry at its name is still it, and let go of it (a file
+        already removed, with its directory by a cleanup, is nothing to report)."""
         if not self._fds:
             raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
-        _release_at(self._fds, self.directory, self.name, self._strategy)
+        # With no fork since the claim, our descriptor is the only one: closing it lets
+        # the lock go.
+        sole = self._strategy == 0 and self._forks_made == _forks_made
+        _release_at(self._fds, self.directory, self.name, self._strategy, False, sole, False,
+                    self._identity)  # fmt: skip
 
     def close(self) -> None:
         """Close without unlocking or removing (after a fork: the lock is the parent's)."""
-        _close_all(self._fds)
-
-    def __del__(self) -> None:
         _close_all(self._fds)
 
 
@@ -603,7 +648,7 @@ def _probe_at(directory: Directory, name: str, remove_dead: bool) -> int:
     shown = f"{directory.path}/{name}"
     replaced = 0
     while True:
-        fds: list[int] = []
+        fds: list[_Holder] = []
         strategy = 0
         try:
             try:
@@ -629,7 +674,7 @@ def _probe_at(directory: Directory, name: str, remove_dead: bool) -> int:
                 return ALIVE
             if not (remove_dead and info.st_size == 0 and _is_name(name)):
                 return DEAD
-            sameness = _sameness(fd, directory.fd, name, strategy, True, shown)
+            sameness = _sameness(fd, directory.fd, name, strategy, True, shown)[0]
             if sameness == _SAME:
                 return DEAD if _unlink(directory.fd, name) in _REFUSED_UNLINK else REMOVED
             if sameness == _GONE:
@@ -649,15 +694,19 @@ def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tu
     """Probe every entry of directory named like ours; with stop_at_live, stop at the
     first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
     found = []
-    with os.scandir(directory.fd) as listing:
-        for entry in listing:
-            if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
-                continue  # not ours: never counted, never removed
-            state = _probe_at(directory, entry.name, remove_dead)
-            if state != ABSENT:
-                found.append((entry.name, state))
-            if stop_at_live and state == ALIVE:
-                break
+    fds: list[_Holder] = []  # a readable descriptor of the directory, while it is listed
+    try:
+        with os.scandir(_open_into(fds, ".", _LISTING, 0, directory.fd)) as listing:
+            for entry in listing:
+                if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
+                    continue  # not ours: never counted, never removed
+                state = _probe_at(directory, entry.name, remove_dead)
+                if state != ABSENT:
+                    found.append((entry.name, state))
+                if stop_at_live and state == ALIVE:
+                    break
+    finally:
+        _close_all(fds)
     return found
 
 
@@ -665,7 +714,7 @@ def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tu
 
 
 def read_text(path: str) -> str:
-    fds: list[int] = []
+    fds: list[_Holder] = []
     chunks = []
     try:
         try:

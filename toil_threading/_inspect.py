@@ -6,9 +6,10 @@ then only what the library's own probes would remove: empty, unlocked files name
 process names or arena members.
 """
 
+import errno
 import os
 
-from . import _impl
+from . import _impl, _retry
 from ._locks import exclusive_flock_holders
 from ._protocol import (
     ABSENT,
@@ -151,20 +152,31 @@ def inspect_directory(directory: str, clean: bool) -> Inspection:
     holders = exclusive_flock_holders() or {}
     base = _impl.core.Directory(os.path.abspath(directory))
     try:
-        with os.scandir(base.fd) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
+        try:
+            listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base.fd)
+        except OSError as error:  # opened to work in, but it may not be read
+            raise _retry.error(error.errno or errno.EIO, base.path) from None
+        try:
+            with os.scandir(listed) as listing:
+                mutexes, arenas = [], []
+                for entry in listing:
+                    if entry.name.startswith(MUTEX_PREFIX) and entry.is_file(follow_symlinks=False):
+                        mutexes.append(entry.name)
+                    elif entry.name.endswith(ARENA_MEMBERS_SUFFIX) and entry.is_dir(
+                        follow_symlinks=False
+                    ):
+                        arenas.append(entry.name)
+        finally:
+            os.close(listed)
         found = Inspection(base.path)
         found.names = _names_in(base, "name", clean, holders)
-        for entry in entries:
-            if entry.name.startswith(MUTEX_PREFIX) and entry.is_file(follow_symlinks=False):
-                state = _impl.core.probe(base, entry.name, False)
-                if state != ABSENT:
-                    label = entry.name[len(MUTEX_PREFIX) :]
-                    found.mutexes.append(
-                        _lock_file(base, entry.name, label, "mutex", state, holders)
-                    )
-            elif entry.name.endswith(ARENA_MEMBERS_SUFFIX) and entry.is_dir(follow_symlinks=False):
-                found.arenas.extend(_arena_in(base, entry.name, clean, holders))
+        for name in sorted(mutexes):
+            state = _impl.core.probe(base, name, False)
+            if state != ABSENT:
+                label = name[len(MUTEX_PREFIX) :]
+                found.mutexes.append(_lock_file(base, name, label, "mutex", state, holders))
+        for name in sorted(arenas):
+            found.arenas.extend(_arena_in(base, name, clean, holders))
     finally:
         base.close()
     return found
@@ -179,11 +191,11 @@ def _arena_in(
         return []
     try:
         members = _impl.core.Directory(entry, base)
+        try:
+            return [Arena(shown(name), _names_in(members, "member", clean, holders))]
+        finally:
+            members.close()
     except FileNotFoundError:  # its last member has just cleaned it up
         return []
     except PermissionError:
         return [Arena(shown(name), [], "unknown: permission denied")]
-    try:
-        return [Arena(shown(name), _names_in(members, "member", clean, holders))]
-    finally:
-        members.close()

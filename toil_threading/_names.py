@@ -65,11 +65,10 @@ def destroy_all_process_names() -> None:
 
     Registered to run at exit.  Assumes nobody else in this process races with it.
     """
-    collect_process_name_garbage()  # names whose directory was cleaned up: nothing to remove
     while _held_names:
         held = _held_names.popitem()[1]
         try:
-            held.release()  # in the directory it was made in
+            held.release()  # in the directory it was made in; a file cleaned away is no matter
         except OSError:
             pass  # its directory is unreadable now: nothing of ours can be removed
     current_process_name_for.clear()
@@ -85,14 +84,20 @@ def get_process_name(base_dir: "StrPath") -> str:
     :returns: the process's name there, the same on every call from this process.
     """
     base_dir = _checks.directory(base_dir)
-    with current_process_name_lock:
-        collect_process_name_garbage()
+    held = _held_names.get(base_dir)
+    if held is not None and held.gone():
+        with current_process_name_lock:  # its directory was cleaned up: forget it
+            collect_process_name_garbage()
         held = _held_names.get(base_dir)
-        if held is None:
-            # Stored in the statement that makes it: an interrupt leaves it ours or closed.
-            held = _held_names[base_dir] = _impl.core.Held(_impl.core.Directory(base_dir))
-        current_process_name_for[base_dir] = held.name
-        return held.name
+    if held is None:
+        # No lock is held while a name is made (an interrupt there would leave it held):
+        # threads racing here store one name, the first, and a loser lets its file go.
+        made = _impl.core.Held(_impl.core.Directory(base_dir))
+        held = _held_names.setdefault(base_dir, made)
+        if held is not made:
+            made.release()
+    current_process_name_for[base_dir] = held.name
+    return held.name
 
 
 def process_name_exists(base_dir: "StrPath", name: str) -> bool:
