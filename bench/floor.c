@@ -4,6 +4,7 @@
  *
  *   floor VARIANT DIR mutex ITERATIONS REPEATS
  *   floor VARIANT DIR contend PROCESSES MILLISECONDS REPEATS
+ *   floor VARIANT DIR contend-work PROCESSES MILLISECONDS REPEATS
  *   floor VARIANT DIR contend-arena PROCESSES MILLISECONDS REPEATS
  *   floor VARIANT DIR arena ITERATIONS REPEATS
  *   floor VARIANT DIR arena-cleanup MEMBERS REPEATS
@@ -29,17 +30,19 @@
  *             byte (did anyone announce?); unlink unless so; close (which lets the
  *             lock go: no other process shares the descriptor).
  *
- * fewest, keep and announce run the mutex operations only (mutex, contend); the arena and
- * name operations exist in the naive and dirrel variants.
+ * fewest, keep and announce run the mutex operations only (mutex, contend, contend-work);
+ * the arena and name operations exist in the naive and dirrel variants.
  *
  * Prints one JSON line.  For mutex, arena, arena-cleanup, name-live and name-dead:
  * "samples", nanoseconds per operation for each repeat.  For contend (PROCESSES forked
- * processes taking and releasing one mutex) and contend-arena (each entering and leaving
- * one arena): "runs", one per repeat, each with "per_second" (acquisitions, or enter +
- * leave pairs, per second by all processes), "acquisitions" (per process),
- * "longest_wait_ns" and "wait_histogram": [bucket, count] pairs of how long each
- * acquisition (each enter) took, in WAIT_BUCKETS log-linear buckets (see wait_bucket;
- * bench/workloads.py bins the same way and reads the percentiles from them).
+ * processes taking and releasing one mutex), contend-work (the same, each opening
+ * DATA_FILE, writing 8 bytes at its start and closing it while it holds the mutex) and
+ * contend-arena (each entering and leaving one arena): "runs", one per repeat, each with
+ * "per_second" (acquisitions, or enter + leave pairs, per second by all processes),
+ * "acquisitions" (per process), "longest_wait_ns" and "wait_histogram": [bucket, count]
+ * pairs of how long each acquisition (each enter) took, in WAIT_BUCKETS log-linear
+ * buckets (see wait_bucket; bench/workloads.py bins the same way and reads the
+ * percentiles from them).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -62,6 +65,7 @@
 #define MUTEX_FILE "toil-mutex-bench"
 #define ARENA_MUTEX_FILE "toil-mutex-bench-arena-lock"
 #define MEMBERS "bench-arena-members"
+#define DATA_FILE "bench-data"
 #define MAX_SAMPLES 1000
 
 /* Toil's open flags for the mutex file (naive, dirrel), and the package's (the others):
@@ -98,6 +102,9 @@ struct mutex_protocol {
 
 /* The variant's protocol, chosen once in main; the arena's mutex is taken through it. */
 static const struct mutex_protocol *mutex;
+
+/* Whether a contending process works while it holds the mutex (contend-work); set in main. */
+static bool work_in_mutex;
 
 static void die(const char *what, const char *name) {
     fprintf(stderr, "floor: %s %s: %s\n", what, name ? name : "", strerror(errno));
@@ -524,10 +531,25 @@ struct round {
     int64_t had_ns;
 };
 
+/* The work of contend-work, named as the variant names files: open the data file, write
+   this process's count of writes at its start, close it. */
+static void critical_work(const struct place *p) {
+    static int64_t written;
+    written++;
+    int fd = open_in(p, DATA_FILE, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        die("open", DATA_FILE);
+    if (pwrite(fd, &written, sizeof written, 0) != (ssize_t)sizeof written)
+        die("pwrite", DATA_FILE);
+    close(fd);
+}
+
 static struct round mutex_round(const struct place *p) {
     int64_t began = now_ns();
     int fd = mutex->acquire(p, MUTEX_FILE);
     int64_t had = now_ns();
+    if (work_in_mutex)
+        critical_work(p);
     mutex->release(p, fd, MUTEX_FILE);
     return (struct round){had - began, had};
 }
@@ -584,8 +606,8 @@ static void contend(const struct place *p, struct round (*one_round)(const struc
     free(waits);
 }
 
-/* P processes take and release one mutex (or enter and leave one arena) until the time
-   is up; prints the run's JSON object. */
+/* P processes take and release one mutex (working while they hold it, or not), or enter
+   and leave one arena, until the time is up; prints the run's JSON object. */
 static void contended_run(const struct place *p, struct round (*one_round)(const struct place *),
                           int processes, long ms, bool first) {
     size_t size = sizeof(struct race) + processes * sizeof(struct contender);
@@ -666,8 +688,9 @@ static long number(const char *text) {
 
 static const char USAGE[] =
     "usage: floor VARIANT DIR OPERATION COUNT REPEATS\n"
-    "       floor VARIANT DIR contend|contend-arena PROCESSES MILLISECONDS REPEATS\n"
-    "VARIANT: naive, dirrel (every operation); fewest, keep, announce (mutex, contend)\n"
+    "       floor VARIANT DIR contend|contend-work|contend-arena PROCESSES MILLISECONDS REPEATS\n"
+    "VARIANT: naive, dirrel (every operation); fewest, keep, announce (mutex, contend,\n"
+    "         contend-work)\n"
     "OPERATION: mutex, arena, arena-cleanup, name-live or name-dead\n";
 
 static void usage(void) {
@@ -679,7 +702,8 @@ int main(int argc, char **argv) {
     if (argc < 4)
         usage();
     const char *operation = argv[3];
-    bool contend_mutex = strcmp(operation, "contend") == 0;
+    work_in_mutex = strcmp(operation, "contend-work") == 0;
+    bool contend_mutex = strcmp(operation, "contend") == 0 || work_in_mutex;
     bool contend_arena = strcmp(operation, "contend-arena") == 0;
     bool contention = contend_mutex || contend_arena;
     if (argc != (contention ? 7 : 6))

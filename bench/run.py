@@ -97,11 +97,16 @@ OPERATIONS: dict[str, tuple[str, str, float | None]] = {
     "name-live": ("process name: get + poll (alive) + destroy", "us", 1e3),
     "name-dead": ("process name: poll a dead name (removes it)", "us", 1e3),
     "contend": ("contended global_mutex, {}", "acquisitions/s", None),
+    "contend-work": (
+        "contended global_mutex with work in the critical section (open, pwrite, close), {}",
+        "acquisitions/s",
+        None,
+    ),
     "contend-arena": ("contended arena enter + leave, {}", "enter+leave pairs/s", None),
 }
-CONTENTION = frozenset({"contend", "contend-arena"})
+CONTENTION = frozenset({"contend", "contend-work", "contend-arena"})
 # The mutex figures, the only ones of filelock and of the fewest, keep and announce floors.
-MUTEX_OPERATIONS = frozenset({"mutex", "contend"})
+MUTEX_OPERATIONS = frozenset({"mutex", "contend", "contend-work"})
 
 
 @dataclass
@@ -154,7 +159,7 @@ class Result:
     median: float
     low: float
     high: float
-    processes: int = 0  # contending processes, for "contend" and "contend-arena"
+    processes: int = 0  # contending processes, for the CONTENTION operations
     ratio_to_floor: float = float("nan")  # median / the naive floor's median
     ratio_to_dirrel: float = float("nan")  # median / the dir-relative floor's median
     runs: list[ContendedRun] = dataclasses.field(default_factory=list)  # contention only
@@ -374,8 +379,11 @@ def contenders(
 
 def tasks(plan: Plan, process_counts: tuple[int, ...]) -> list[Task]:
     listed = [Task(operation, count, repeats) for operation, (count, repeats) in plan.sizes.items()]
-    for processes in process_counts:
-        listed.append(Task("contend", processes, plan.contention_repeats, plan.contention_seconds))
+    for operation in ("contend", "contend-work"):
+        for processes in process_counts:
+            listed.append(
+                Task(operation, processes, plan.contention_repeats, plan.contention_seconds)
+            )
     for processes in process_counts:
         listed.append(
             Task(

@@ -25,6 +25,7 @@ from typing import Any
 MUTEX = "bench"
 ARENA = "bench"
 MEMBERS = ARENA + "-arena-members"
+DATA = "bench-data"  # written while holding the mutex, in "contend-work"
 
 # A figure made by a slow implementation stops growing its loop at this many seconds
 # per repeat (Toil's global_mutex starts a subprocess per call).
@@ -41,7 +42,7 @@ class Task:
     """One figure to measure: an operation, its size and how many repeats.
 
     count is iterations per repeat, dead members for "arena-cleanup", processes for
-    "contend" and "contend-arena" (which run for `seconds`).
+    "contend", "contend-work" and "contend-arena" (which run for `seconds`).
     """
 
     operation: str
@@ -237,8 +238,11 @@ class Contest:
 # The clock is CLOCK_MONOTONIC, as floor.c's.
 
 
-def contend_mutex(api: Any, directory: str, deadline: int) -> list[int]:
-    """Take and release the mutex; the time each acquisition took (ns)."""
+def contend_mutex(
+    api: Any, directory: str, deadline: int, work: Callable[[], None] | None = None
+) -> list[int]:
+    """Take and release the mutex, calling work (if any) while holding it; the time each
+    acquisition took (ns)."""
     clock = time.perf_counter_ns
     waits: list[int] = []
     record = waits.append
@@ -246,9 +250,27 @@ def contend_mutex(api: Any, directory: str, deadline: int) -> list[int]:
         began = clock()
         with api.global_mutex(directory, MUTEX):
             had = clock()
+            if work is not None:
+                work()
         if had > deadline:
             return waits
         record(had - began)
+
+
+def contend_working(api: Any, directory: str, deadline: int) -> list[int]:
+    """contend_mutex, opening the data file, writing this process's count of writes at its
+    start and closing it while holding the mutex (floor.c's critical_work)."""
+    path = os.path.join(directory, DATA)
+    written = 0
+
+    def work() -> None:
+        nonlocal written
+        written += 1
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.pwrite(fd, written.to_bytes(8, "little"), 0)
+        os.close(fd)
+
+    return contend_mutex(api, directory, deadline, work)
 
 
 def contend_arena(api: Any, directory: str, deadline: int) -> list[int]:
@@ -268,7 +290,11 @@ def contend_arena(api: Any, directory: str, deadline: int) -> list[int]:
         record(had - began)
 
 
-CONTESTS = {"contend": contend_mutex, "contend-arena": contend_arena}
+CONTESTS = {
+    "contend": contend_mutex,
+    "contend-work": contend_working,
+    "contend-arena": contend_arena,
+}
 
 
 def contended_run(
