@@ -547,6 +547,12 @@ def cold_starts(
     return rows
 
 
+def interpreter(value: str) -> str:
+    """An interpreter named on the command line, as a path that works from any directory
+    (the cold starts run in a temporary one)."""
+    return os.path.abspath(value) if os.sep in value else shutil.which(value) or value
+
+
 def cold_start_plan(toil_python: str | None) -> list[tuple[str, str, str]]:
     bare = "import os; os.cpu_count()"
     interpreters = [
@@ -834,6 +840,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--toil-python",
         metavar="PYTHON",
+        type=interpreter,
         default=os.environ.get("TOIL_THREADING_TOIL_PYTHON"),
         help=(
             "interpreter with toil.lib.threading"

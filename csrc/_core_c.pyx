@@ -526,13 +526,14 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
 
 cdef int lock_new(
     int fd, int dir_fd, str directory, str filename, bytes name, bint block, object deadline,
-    int tried=0
+    stat *identity, int tried=0
 ) except -3:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
     file is not worth keeping (the caller closes it and starts again).  A wait on a local
-    filesystem is announced, so that the holder keeps the file for us.  tried is what the
-    quick path's try of the flock failed with, or 0."""
+    filesystem is announced, so that the holder keeps the file for us.  identity gets fd's
+    fstat (its device and inode never change); tried is what the quick path's try of the
+    flock failed with, or 0."""
     cdef stat info
     cdef int rc, err = 0, strategy, had
     cdef Sameness sameness
@@ -563,6 +564,7 @@ cdef int lock_new(
     if err:
         raise retry_module().error(err, shown)
     if sameness == SAME:
+        identity[0] = info
         return strategy
     return LOST if had == WAITED else STALE
 
@@ -668,7 +670,7 @@ cdef class HeldMutex:
         self.name = encoded(filename)
 
     def __enter__(self):
-        cdef int dir_fd = -1, strategy = 0, stale = 0, rc = 0, tried = 0
+        cdef int dir_fd = -1, strategy = 0, stale = 0, tried = 0
         cdef bint quick = False
         cdef const char *name = self.name
         cdef const char *base = NULL
@@ -694,13 +696,9 @@ cdef class HeldMutex:
                 if self.fd < 0:
                     self.fd = open_lock_file(dir_fd, self.base_dir, self.filename, self.name, deadline)
                 strategy = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True,
-                                    deadline, tried)
+                                    deadline, &self.identity, tried)
                 tried = 0
                 if strategy >= 0:
-                    with nogil:
-                        rc = c_fstat(self.fd, &self.identity)
-                    if rc != 0:
-                        raise retry_module().error(errno, f"{self.base_dir}/{self.filename}")
                     break
                 # The previous holder unlinked (or someone replaced) the file while we
                 # waited; or a stale cache showed us a file already gone: then pause.
@@ -819,7 +817,7 @@ cdef class Held:
         self.descriptor = -1
 
     def __init__(self, Directory directory not None):
-        cdef int err, strategy, misses = 0, dir_fd = directory.fd, rc
+        cdef int err, strategy, misses = 0, dir_fd = directory.fd
         cdef bytes name
         cdef const char *c_name
         cdef bint quick
@@ -846,17 +844,12 @@ cdef class Held:
                     raise retry_module().error(err, directory.path)
             else:
                 try:
-                    strategy = lock_new(self.descriptor, dir_fd, directory.path, base, name, False, None)
+                    strategy = lock_new(self.descriptor, dir_fd, directory.path, base, name, False,
+                                        None, &self.identity)
                 except BaseException:
                     self.abandon(name, base)
                     raise
                 if strategy >= 0:
-                    with nogil:
-                        rc = c_fstat(self.descriptor, &self.identity)
-                        err = errno
-                    if rc != 0:
-                        self.abandon(name, base)
-                        raise retry_module().error(err, f"{directory.path}/{base}")
                     self.name, self.strategy, self.forks_made = base, strategy, forks_of_ours()
                     return
                 self.close()

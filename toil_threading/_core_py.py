@@ -336,15 +336,6 @@ def _sameness(
     return _SAME, found[2] if known is not None else size
 
 
-def _identity(fd: int, shown: str) -> tuple[int, int]:
-    """(device, inode) of the file open at fd, kept while it is held."""
-    try:
-        info = os.fstat(fd)
-    except OSError as error:
-        raise _retry.error(error.errno or errno.EIO, shown) from None
-    return (info.st_dev, info.st_ino)
-
-
 def same_file(fd: int, path: str) -> bool:
     os.fstat(fd)  # the descriptor is at fault, not the path
     return _sameness(fd, WORKING_DIRECTORY, path, SHARED, True, path)[0] == _SAME
@@ -389,12 +380,16 @@ def _open_lock_file(
             raise _retry.error(err, path)
 
 
-def _lock_new(fd: int, directory: Directory, name: str, block: bool, deadline: float | None) -> int:
+def _lock_new(
+    fd: int, directory: Directory, name: str, block: bool, deadline: float | None
+) -> tuple[int, tuple[int, int]]:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
-    and verify it is still at its name.  Returns the strategy; or _LOST or _STALE when the
-    file is not worth keeping (the caller closes it and starts again).  A wait on a local
-    filesystem is announced, so that the holder keeps the file for us."""
+    and verify it is still at its name.  Returns the strategy and the file's device and
+    inode (which never change); or _LOST or _STALE when the file is not worth keeping
+    (the caller closes it and starts again).  A wait on a local filesystem is announced,
+    so that the holder keeps the file for us."""
     shown = f"{directory.path}/{name}"
+    unknown = (0, 0)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -405,13 +400,13 @@ def _lock_new(fd: int, directory: Directory, name: str, block: bool, deadline: f
             had = max(had, _lock(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
         if error.errno in _VANISHED:
-            return _STALE  # opened through a stale cache entry: the file is gone
+            return _STALE, unknown  # opened through a stale cache entry: the file is gone
         raise
     if had > _WAITED:
-        return _LOST  # held, and not to be waited for (a poller looking at a new file)
+        return _LOST, unknown  # held, and not to be waited for (a poller looking at a new file)
     if _sameness(fd, directory.fd, name, strategy, False, shown)[0] == _SAME:
-        return strategy
-    return _LOST if had == _WAITED else _STALE
+        return strategy, (info.st_dev, info.st_ino)
+    return (_LOST if had == _WAITED else _STALE), unknown
 
 
 def _unlink(dir_fd: int, name: str) -> int:
@@ -490,10 +485,9 @@ class HeldMutex:
             stale = 0
             while True:
                 fd = _open_lock_file(self._held, directory, self._filename, deadline)
-                strategy = _lock_new(fd, directory, self._filename, True, deadline)
+                strategy, identity = _lock_new(fd, directory, self._filename, True, deadline)
                 if strategy >= 0:
-                    self._identity = _identity(fd, f"{directory.path}/{self._filename}")
-                    self._strategy = strategy
+                    self._strategy, self._identity = strategy, identity
                     self._forks, self._forks_made = _forks, _forks_made
                     return
                 # The previous holder unlinked (or someone replaced) the file while we
@@ -583,17 +577,13 @@ class Held:
                     raise _retry.error(err, directory.path) from None
             else:
                 try:
-                    strategy = _lock_new(fd, directory, name, False, None)
+                    strategy, identity = _lock_new(fd, directory, name, False, None)
                 except BaseException:
                     self._abandon(name)
                     raise
                 if strategy >= 0:
-                    try:
-                        self._identity = _identity(fd, f"{directory.path}/{name}")
-                    except BaseException:
-                        self._abandon(name)
-                        raise
-                    self.name, self._strategy, self._forks_made = name, strategy, _forks_made
+                    self.name, self._strategy, self._identity = name, strategy, identity
+                    self._forks_made = _forks_made
                     return
                 _close_all(self._fds)
                 err = errno.ESTALE if strategy == _STALE else errno.EEXIST
