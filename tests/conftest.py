@@ -248,32 +248,55 @@ def run_toil(toil_python: str, code: str, **popen: object) -> subprocess.Popen[s
     )
 
 
+def build_c(source: Path, output: Path, *flags: str) -> str:
+    """Compile source into output with the system compiler (cc) and flags; the test is
+    skipped (or fails, where every test must run) without a compiler, and fails when the
+    build does."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        skip_or_fail(f"no C compiler (cc) to build {source.name}")
+    build = subprocess.run(
+        [str(compiler), "-O2", "-Wall", *flags, "-o", str(output), str(source)],
+        cwd=output.parent,
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0:
+        pytest.fail(f"building {source.name} failed:\n{build.stdout}{build.stderr}")
+    return str(output)
+
+
 FAULT_INJECTION_SOURCE = Path(__file__).with_name("faultinject.c")
 
 
 @pytest.fixture(scope="session")
 def faultlib(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of libfaultinject.so, compiled from faultinject.c with the system compiler."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        skip_or_fail("no C compiler (cc) to build the fault-injection library")
-    out_dir = tmp_path_factory.mktemp("faultinject")
-    library = out_dir / "libfaultinject.so"
-    build = subprocess.run(
-        [
-            compiler,
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-o",
-            str(library),
-            str(FAULT_INJECTION_SOURCE),
-            "-ldl",
-        ],
-        cwd=out_dir,
-        capture_output=True,
-        text=True,
-    )
-    if build.returncode != 0:
-        pytest.fail(f"building {FAULT_INJECTION_SOURCE.name} failed:\n{build.stdout}{build.stderr}")
-    return str(library)
+    library = tmp_path_factory.mktemp("faultinject") / "libfaultinject.so"
+    return build_c(FAULT_INJECTION_SOURCE, library, "-shared", "-fPIC", "-ldl")
+
+
+# Two real users: root, and nobody in a forked child.
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        skip_or_fail("needs root, to act as a second user (nobody) with setuid")
+
+
+@pytest.fixture
+def open_parent() -> Iterator[Path]:
+    """A fresh directory (on tmpfs where there is one) that every user may enter."""
+    where = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(dir=where, prefix="toil-threading-users-") as name:
+        os.chmod(name, 0o755)
+        yield Path(name)
+
+
+@pytest.fixture
+def shared_dir(open_parent: Path) -> Path:
+    """A sticky world-writable directory (1777), like /tmp or /dev/shm."""
+    directory = open_parent / "shared"
+    directory.mkdir()
+    directory.chmod(0o1777)
+    return directory

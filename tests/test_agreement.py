@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from children import in_child
-from conftest import CORES, linux_only, load_core, python_with_core, skip_or_fail
+from conftest import CORES, build_c, linux_only, load_core, python_with_core
 
 import toil_threading
 from toil_threading import _impl
@@ -539,19 +539,10 @@ int close(int fd)
 @pytest.fixture(scope="module")
 def syscall_faults(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of a shim making fstat(2) or close(2) fail on marked files, built here."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        skip_or_fail("no C compiler (cc) to build the fault-injection shim")
     out_dir = tmp_path_factory.mktemp("syscallfaults")
-    source, library = out_dir / "syscallfaults.c", out_dir / "libsyscallfaults.so"
+    source = out_dir / "syscallfaults.c"
     source.write_text(SYSCALL_SHIM)
-    build = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
-        capture_output=True,
-        text=True,
-    )
-    assert build.returncode == 0, build.stderr
-    return str(library)
+    return build_c(source, out_dir / "libsyscallfaults.so", "-shared", "-fPIC", "-ldl")
 
 
 # In a child on one core: take the mutex, arm the fault while holding it, let go; tell

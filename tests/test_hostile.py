@@ -19,43 +19,25 @@ import os
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from children import NOBODY, Forked, in_child
-from conftest import assert_locked_elsewhere, linux_only, python_with_core, run_cli, skip_or_fail
+from conftest import (
+    assert_locked_elsewhere,
+    linux_only,
+    needs_root,
+    python_with_core,
+    run_cli,
+)
 
 import toil_threading
 
 pytestmark = linux_only
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        skip_or_fail("needs root, to act as a second user (nobody) with setuid")
-
-
-@pytest.fixture
-def open_parent() -> Iterator[Path]:
-    """A fresh directory (on tmpfs) that every user may enter."""
-    where = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(dir=where, prefix="toil-threading-hostile-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
-
-
-@pytest.fixture
-def shared_dir(open_parent: Path) -> Path:
-    """A sticky world-writable directory (1777), like /tmp or /dev/shm."""
-    directory = open_parent / "shared"
-    directory.mkdir()
-    directory.chmod(0o1777)
-    return directory
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import contextlib
 import errno
 import io
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -31,7 +30,7 @@ from typing import NamedTuple
 
 import pytest
 from children import NOBODY, Forked, in_child
-from conftest import assert_locked_elsewhere, linux_only, run_cli, skip_or_fail
+from conftest import assert_locked_elsewhere, build_c, linux_only, needs_root, run_cli, skip_or_fail
 
 import toil_threading
 from toil_threading import _cli, _inspect, _verify
@@ -43,11 +42,6 @@ _PRELOADED = (_cli, _inspect, _verify)
 
 SWAPPER_SOURCE = Path(__file__).with_name("swapper.c")
 ANOTHER_USER = (4242, 4242)  # neither root nor nobody, nor the caller of any test here
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        skip_or_fail("needs root, to act as a second user (nobody) with setuid")
 
 
 def contents(directory: Path) -> list[str]:
@@ -222,21 +216,9 @@ def swapper() -> Iterator[str]:
 
     It runs as nobody, so it is built in a directory anyone may enter (pytest's own
     temporary directory is root's alone)."""
-    compiler = shutil.which("cc")
-    if compiler is None:
-        skip_or_fail("no C compiler (cc) to build the swapper")
-        raise AssertionError("unreachable")
     with tempfile.TemporaryDirectory(prefix="toil-threading-swapper-") as out_dir:
         os.chmod(out_dir, 0o755)
-        program = os.path.join(out_dir, "swapper")
-        build = subprocess.run(
-            [compiler, "-O2", "-Wall", "-o", program, str(SWAPPER_SOURCE)],
-            cwd=out_dir,
-            capture_output=True,
-            text=True,
-        )
-        if build.returncode != 0:
-            pytest.fail(f"building {SWAPPER_SOURCE.name} failed:\n{build.stdout}{build.stderr}")
+        program = build_c(SWAPPER_SOURCE, Path(out_dir) / "swapper")
         os.chmod(program, 0o755)
         yield program
 
@@ -348,15 +330,6 @@ def test_a_base_dir_swapped_for_another_users_link_is_never_followed(
 # 2. A base_dir that is a link: followed when it is the caller's or root's, else ELOOP.
 
 USERS = {"root": (0, 0), "nobody": NOBODY, "another user": ANOTHER_USER}
-
-
-@pytest.fixture
-def open_parent() -> Iterator[Path]:
-    """A fresh directory (on tmpfs where there is one) that every user may enter."""
-    where = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(dir=where, prefix="toil-threading-links-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
 
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))

@@ -17,40 +17,15 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from children import NOBODY, Forked, in_child
-from conftest import linux_only, skip_or_fail
+from conftest import linux_only, needs_root
 
 import toil_threading
 
 pytestmark = linux_only
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        skip_or_fail("needs root, to act as a second user (nobody) with setuid")
-
-
-@pytest.fixture
-def open_parent() -> Iterator[Path]:
-    """A fresh directory (on tmpfs) that every user may enter."""
-    where = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    with tempfile.TemporaryDirectory(dir=where, prefix="toil-threading-trust-") as name:
-        os.chmod(name, 0o755)
-        yield Path(name)
-
-
-@pytest.fixture
-def shared_dir(open_parent: Path) -> Path:
-    """A sticky world-writable directory (1777), like /tmp or /dev/shm."""
-    directory = open_parent / "shared"
-    directory.mkdir()
-    directory.chmod(0o1777)
-    return directory
 
 
 def try_to_hold(path: Path) -> Forked:
