@@ -196,21 +196,27 @@ def _lock(
         wait = wait or step == WAIT
 
 
+def _unlock(fd: int, strategy: int) -> int:
+    """Let go of every lock on fd: the errno worth reporting, or 0.  Closing releases the
+    locks anyway, so an unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is
+    not an error."""
+    try:
+        if strategy & RECORD_LOCK:
+            unlock_record(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as error:
+        failure = error.errno or errno.EIO
+        return 0 if failure in (errno.EIO, errno.ENOLCK, errno.ESTALE) else failure
+    return 0
+
+
 def _let_go(owner: "list[_Holder]", strategy: int, sole: bool = False) -> None:
-    """Let go of every lock on owner's descriptor and close it.  Closing releases the locks
-    anyway, so an unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is not an
-    error.  A descriptor no other process shares (sole) is only closed: that alone lets its
-    locks go, with one system call fewer."""
-    failure = 0
-    if not sole and owner:
-        try:
-            if strategy & RECORD_LOCK:
-                unlock_record(owner[0].fileno())
-            fcntl.flock(owner[0].fileno(), fcntl.LOCK_UN)
-        except OSError as error:
-            failure = error.errno or errno.EIO
+    """Let go of every lock on owner's descriptor and close it.  A descriptor no other
+    process shares (sole) is only closed: that alone lets its locks go, with one system
+    call fewer."""
+    failure = _unlock(owner[0].fileno(), strategy) if owner and not sole else 0
     _close_all(owner)
-    if failure and failure not in (errno.EIO, errno.ENOLCK, errno.ESTALE):
+    if failure:
         raise _retry.error(failure, None)
 
 
@@ -221,7 +227,14 @@ def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str |
 
 
 def unlock_and_close(fd: int) -> None:
-    _let_go([_Holder.fromfd(fd)], 0)
+    # The caller's own descriptor, closed as the caller would close it (os.close).
+    failure = _unlock(fd, 0)
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # close(2) frees the descriptor whatever it returns
+    if failure:
+        raise _retry.error(failure, None)
 
 
 def fs_magic(target: str | int) -> int:
