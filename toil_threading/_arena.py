@@ -1,6 +1,5 @@
 """The last-process-standing arena: the last process to leave gets to clean up."""
 
-import errno
 import os
 import stat
 
@@ -166,5 +165,4 @@ def _remove_members_directory(base: "Directory", members: "Directory") -> None:
     except FileNotFoundError:
         pass
     except OSError as error:
-        if error.errno != errno.ENOENT:
-            _retry.log(30, "could not remove the arena directory %s: %s", members.path, error)
+        _retry.log(30, "could not remove the arena directory %s: %s", members.path, error)

@@ -642,7 +642,7 @@ class Held:
         _close_all(self._fds)
 
 
-def _probe_at(directory: Directory, name: str, remove_dead: bool) -> int:
+def probe(directory: Directory, name: str, remove_dead: bool) -> int:
     """What the file at name in directory says of its owner: ALIVE, DEAD, REMOVED, DENIED
     or ABSENT (also for anything that is not a regular file: never ours).
 
@@ -689,10 +689,6 @@ def _probe_at(directory: Directory, name: str, remove_dead: bool) -> int:
         _retry.vanished(errno.ESTALE, replaced, None, directory.fd, directory.path, shown)
 
 
-def probe(directory: Directory, name: str, remove_dead: bool) -> int:
-    return _probe_at(directory, name, remove_dead)
-
-
 def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tuple[str, int]]:
     """Probe every entry of directory named like ours; with stop_at_live, stop at the
     first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
@@ -703,7 +699,7 @@ def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tu
             for entry in listing:
                 if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
                     continue  # not ours: never counted, never removed
-                state = _probe_at(directory, entry.name, remove_dead)
+                state = probe(directory, entry.name, remove_dead)
                 if state != ABSENT:
                     found.append((entry.name, state))
                 if stop_at_live and state == ALIVE:
