@@ -13,6 +13,8 @@ gives KeyboardInterrupt promptly.  Every failure is handed to toil_threading._re
 the pure core does.
 """
 
+from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
+from libc.stdint cimport int64_t
 from libc.string cimport memchr, memcpy
 from os import urandom
 from sys import getfilesystemencodeerrors, getfilesystemencoding
@@ -1084,42 +1086,151 @@ def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
 
 # Small files (cgroup settings, /proc), read whole with the system calls.
 
-def read_text(str path):
-    cdef bytes name = encoded(path)
-    cdef const char *c_name = name
-    cdef int fd, rc = -1, err = 0
-    cdef ssize_t got
-    cdef char buffer[8192]
-    cdef stat info
-    chunks = []
-    with nogil:
-        fd = c_open(c_name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        err = errno
-        if fd >= 0:
-            rc = c_fstat(fd, &info)
-            err = errno
-    if fd < 0:
-        raise retry_module().error(err, path)
-    try:
-        # Only a regular file (as /proc, sysfs and cgroup files are): a device such as
-        # /dev/zero would never end, a FIFO not say anything.
-        if rc != 0:
-            raise retry_module().error(err, path)
-        if not S_ISREG(info.st_mode):
-            raise retry_module().not_a_regular_file(path, "a file to read", AT_FDCWD, path)
+# Figures from outside: one bounded read each, parsed in C (figures.h).  Each answer is a
+# tuple whose first item is 0, or the errno (or protocol.TOO_LONG, MALFORMED, NOT_REGULAR,
+# OUTSIDE_ROOT) that says why the file gave nothing; the rest are the figures.
+
+cdef extern from "figures.h" nogil:
+    int FIGURE_TOO_LONG
+    int FIGURE_MALFORMED
+    int FIGURE_NOT_REGULAR
+    int FIGURE_OUTSIDE
+    ssize_t figure_read(int directory, const char *path, char *buffer, size_t size)
+    int parse_cpu_max(const char *text, size_t length, int64_t *quota, int64_t *period)
+    int parse_cfs_figure(const char *text, size_t length, int64_t *value)
+    int parse_keyed_cpu_list(const char *text, size_t length, const char *key, int64_t *count)
+    int parse_cgroup_membership(
+        const char *text, size_t length, const char **v1, size_t *v1_length,
+        const char **v2, size_t *v2_length)
+    struct mount_line:
+        int64_t major, minor
+        char *root
+        char *point
+        char *options
+        char *type
+        char *source
+        char *super_options
+        size_t root_length, point_length, options_length, type_length, source_length
+        size_t super_options_length
+    int parse_mount_line(char *at, char *line_end, mount_line *mount)
+
+assert (FIGURE_TOO_LONG, FIGURE_MALFORMED, FIGURE_NOT_REGULAR, FIGURE_OUTSIDE) == (
+    protocol.TOO_LONG, protocol.MALFORMED, protocol.NOT_REGULAR, protocol.OUTSIDE_ROOT
+)
+cdef size_t FIGURE_FILE_BYTES = protocol.FIGURE_FILE_BYTES
+cdef size_t TABLE_FILE_BYTES = protocol.TABLE_FILE_BYTES
+
+
+cdef class FigureFile:
+    """One file read whole into a buffer of its own (freed with it): text[:length], or
+    reason, the errno of why it could not be read."""
+
+    cdef char *text
+    cdef ssize_t length
+    cdef int reason
+
+    def __cinit__(self, int directory, str path, size_t size):
+        cdef bytes name = encoded(path)
+        cdef const char *c_name = name
+        cdef ssize_t got
+        self.text = <char *>PyMem_RawMalloc(size + 2)
+        if self.text == NULL:
+            raise MemoryError()
         while True:
             with nogil:
-                got = read(fd, buffer, sizeof(buffer))
-                err = errno
-            if got < 0:
-                if err == EINTR:
-                    check_signals()
-                    continue
-                raise retry_module().error(err, path)
-            if got == 0:
+                got = figure_read(directory, c_name, self.text, size)
+            if got != -EINTR:
                 break
-            chunks.append(buffer[:got])
-    finally:
-        with nogil:
-            close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape")
+            check_signals()
+        self.length = got if got >= 0 else 0
+        self.reason = -got if got < 0 else 0
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.text)
+
+
+cdef str decoded(const char *text, size_t length):
+    return PyUnicode_DecodeFSDefaultAndSize(text, length)
+
+
+def read_bounded(int directory, str path, Py_ssize_t limit):
+    cdef FigureFile found = FigureFile(directory, path, limit)
+    if found.reason:
+        return found.reason, ""
+    return 0, found.text[:found.length].decode("utf-8", "surrogateescape")
+
+
+def cpu_max(int directory, str path):
+    cdef FigureFile found = FigureFile(directory, path, FIGURE_FILE_BYTES)
+    cdef int64_t quota = 0, period = 0
+    cdef int reason = found.reason or parse_cpu_max(found.text, found.length, &quota, &period)
+    if reason:
+        return reason, 0, 0
+    return 0, quota, period
+
+
+def cfs_figure(int directory, str path):
+    cdef FigureFile found = FigureFile(directory, path, FIGURE_FILE_BYTES)
+    cdef int64_t value = 0
+    cdef int reason = found.reason or parse_cfs_figure(found.text, found.length, &value)
+    if reason:
+        return reason, 0
+    return 0, value
+
+
+def cpu_list_size(int directory, str path, str key, Py_ssize_t limit):
+    cdef bytes key_name = encoded(key)
+    cdef FigureFile found = FigureFile(directory, path, limit)
+    cdef int64_t count = 0
+    cdef int reason = found.reason or parse_keyed_cpu_list(
+        found.text, found.length, key_name, &count)
+    if reason:
+        return reason, 0
+    return 0, count
+
+
+def cgroup_membership(int directory, str path):
+    cdef FigureFile found = FigureFile(directory, path, TABLE_FILE_BYTES)
+    cdef const char *v1 = NULL
+    cdef const char *v2 = NULL
+    cdef size_t v1_length = 0, v2_length = 0
+    cdef int reason = found.reason or parse_cgroup_membership(
+        found.text, found.length, &v1, &v1_length, &v2, &v2_length)
+    if reason:
+        return reason, None, None
+    return (
+        0,
+        None if v1 == NULL else decoded(v1, v1_length),
+        None if v2 == NULL else decoded(v2, v2_length),
+    )
+
+
+def mount_table(int directory, str path, str mount_type):
+    cdef FigureFile found = FigureFile(directory, path, TABLE_FILE_BYTES)
+    cdef bytes wanted = encoded(mount_type)
+    cdef char *at = found.text
+    cdef char *end = found.text + found.length
+    cdef char *line_end
+    cdef mount_line mount
+    if found.reason:
+        return found.reason, []
+    mounts = []
+    while at < end:
+        line_end = <char *>memchr(at, b"\n", end - at)
+        if line_end == NULL:
+            line_end = end
+        if parse_mount_line(at, line_end, &mount):
+            return FIGURE_MALFORMED, []
+        if not wanted or mount.type[:mount.type_length] == wanted:
+            mounts.append((
+                mount.major,
+                mount.minor,
+                decoded(mount.root, mount.root_length),
+                decoded(mount.point, mount.point_length),
+                decoded(mount.type, mount.type_length),
+                decoded(mount.source, mount.source_length),
+                decoded(mount.options, mount.options_length),
+                decoded(mount.super_options, mount.super_options_length),
+            ))
+        at = line_end + 1
+    return 0, mounts

@@ -9,14 +9,15 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import core_prelude, linux_only, python_with_core, skip_or_fail
 
 import toil_threading
-from toil_threading import _cpu
+from toil_threading import _cgroups, _cpu, _cpu_limits
 
 pytestmark = linux_only  # cgroups, /proc/self/mountinfo, sched_getaffinity
 
@@ -228,7 +229,7 @@ def test_hybrid_with_cpu_on_v1_reads_no_cgroup2_quota(core: str, tmp_path: Path)
     )
     answer = toil_threading.explain_cpu_count(root)
     [v2] = [limit for limit in answer.limits if limit.source == "cgroup v2"]
-    assert v2.cpus is None and "4:cpu:/a" in v2.detail
+    assert v2.cpus is None and "on a v1 hierarchy (cgroup /a)" in v2.detail
     assert (answer.count, answer.decided_by) == (3, "cgroup v1")
 
 
@@ -272,13 +273,13 @@ def test_v2_below_a_group_without_the_cpu_controller_is_not_read(
     )
     (root / "sys/fs/cgroup/a/b").mkdir(exist_ok=True)
     read: list[str] = []
-    real_read = _cpu._read
+    real_read = _cpu.Probe.read
 
-    def counted(path: str) -> str | int:
-        read.append(os.path.relpath(path, root))
-        return real_read(path)
+    def counted(probe: _cpu.Probe, function: Callable[..., Any], path: str, *more: object) -> Any:
+        read.append(path.lstrip("/"))
+        return real_read(probe, function, path, *more)
 
-    monkeypatch.setattr(_cpu, "_read", counted)
+    monkeypatch.setattr(_cpu.Probe, "read", counted)
     answer = toil_threading.explain_cpu_count(root)
     assert cgroup_limits(root) == [
         (None, "/sys/fs/cgroup/a/b/c"),
@@ -335,7 +336,7 @@ def test_no_cgroup_information_at_all(core: str, tmp_path: Path) -> None:
     answer = toil_threading.explain_cpu_count(tmp_path)
     assert (answer.count, answer.decided_by) == (1, None)
     assert set(answer.sources.values()) == {None}
-    assert [limit.source for limit in answer.limits] == list(_cpu.SOURCES)
+    assert [limit.source for limit in answer.limits] == list(_cpu_limits.SOURCES)
     assert "unreadable" in answer.limits[2].detail
 
 
@@ -364,7 +365,7 @@ def test_the_explanation_reads_as_sentences(core: str, tmp_path: Path) -> None:
     )
     text = str(answer)
     assert text.startswith("cpu_count: 1 CPU, decided by override\n")
-    assert "machine: 8 CPUs (online CPUs 0-7 in /sys/devices/system/cpu/online)" in text
+    assert "machine: 8 CPUs (8 CPUs listed in /sys/devices/system/cpu/online)" in text
     assert "slurm: no limit (not in a Slurm job: no SLURM_JOB_ID)" in text
     assert "decided_by='override'" in repr(answer)
 
@@ -592,11 +593,31 @@ def test_override(
     assert answer.sources["cgroup v2"] == 1 and answer.sources["machine"] == FAKE_CPUS
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "four", "3.5", " 3", "+3", "٣"])
+@pytest.mark.parametrize(
+    "value",
+    ["0", "-2", "four", "3.5", "3 ", "٣", "3_0", "0x10", "2147483648", "99999999999999999999"]
+    + ["9" * 5000, " ", "+", "- 3"],
+)
 def test_a_bad_python_cpu_count_is_named(core: str, tmp_path: Path, value: str) -> None:
+    # CPython 3.13 reads it with strtol and refuses what is left over, a value outside a C
+    # int, and a count below 1 (Python/initconfig.c, config_init_cpu_count).
     root = override_root(tmp_path, {"PYTHON_CPU_COUNT": value})
-    with pytest.raises(ValueError, match="PYTHON_CPU_COUNT"):
+    with pytest.raises(ValueError, match="^PYTHON_CPU_COUNT=") as raised:
         toil_threading.explain_cpu_count(root)
+    assert len(str(raised.value)) < 200  # the value is named, cut short if long
+
+
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [(" 3", 3), ("+3", 3), ("\t\n 7", 7), ("0005", 5), ("2147483647", 2147483647)],
+)
+def test_python_cpu_count_is_read_as_cpython_reads_it(
+    core: str, tmp_path: Path, value: str, count: int
+) -> None:
+    # strtol skips C's blanks and takes a sign (CPython 3.13 accepts " 3" and "+3").
+    root = override_root(tmp_path, {"PYTHON_CPU_COUNT": value})
+    answer = toil_threading.explain_cpu_count(root)
+    assert (answer.count, answer.decided_by) == (count, "override")
 
 
 @pytest.mark.parametrize("option", [("-X", "cpu_count=0"), ("-X", "cpu_count"), ("-Xcpu_count=x",)])
@@ -606,9 +627,15 @@ def test_a_bad_x_cpu_count_is_named(core: str, tmp_path: Path, option: tuple[str
         toil_threading.explain_cpu_count(root)
 
 
-def test_the_option_in_force_is_the_only_one_checked(core: str, tmp_path: Path) -> None:
-    # -X cpu_count replaces the variable, so a bad variable behind it is not read.
+def test_a_bad_variable_is_refused_even_behind_the_option(core: str, tmp_path: Path) -> None:
+    # CPython 3.13 reads the variable first and refuses a bad one before it looks at -X
+    # cpu_count, which would replace it (Python/initconfig.c, config_init_cpu_count).
     root = override_root(tmp_path, {"PYTHON_CPU_COUNT": "0"}, "python3", "-X", "cpu_count=2")
+    with pytest.raises(ValueError, match="^PYTHON_CPU_COUNT='0'"):
+        toil_threading.explain_cpu_count(root)
+    good = tmp_path / "good"
+    good.mkdir()
+    root = override_root(good, {"PYTHON_CPU_COUNT": "5"}, "python3", "-X", "cpu_count=2")
     assert toil_threading.explain_cpu_count(root).count == 2
 
 
@@ -799,21 +826,21 @@ def test_the_mount_table_is_read_again_only_when_the_mount_changed(
     core: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     toil_threading.explain_cpu_count()
-    if not _cpu._mounts:
+    if not _cgroups._mounts:
         pytest.skip("this process's cgroup mount was not found")
-    version, (point, mount_root, real_root, identity) = next(iter(_cpu._mounts.items()))
+    version, (point, mount_root, real_root, identity) = next(iter(_cgroups._mounts.items()))
     parsed: list[int] = []
-    find = _cpu._find_mount
+    find = _cgroups._find_mount
 
-    def counted(text: str, version: int, path: str) -> tuple[str, str] | None:
+    def counted(mounts: list[Any], version: int, path: str) -> tuple[str, str] | None:
         parsed.append(version)
-        return find(text, version, path)
+        return find(mounts, version, path)
 
-    monkeypatch.setattr(_cpu, "_find_mount", counted)
+    monkeypatch.setattr(_cgroups, "_find_mount", counted)
     first = toil_threading.explain_cpu_count()
     assert parsed == []  # one stat of the mount point said it was still there
-    monkeypatch.setitem(_cpu._mounts, version, (point, mount_root, real_root, (-1, -1)))
+    monkeypatch.setitem(_cgroups._mounts, version, (point, mount_root, real_root, (-1, -1)))
     again = toil_threading.explain_cpu_count()
     assert parsed == [version]  # something else there: mountinfo read again
     assert again.limits == first.limits
-    assert _cpu._mounts[version] == (point, mount_root, real_root, identity)
+    assert _cgroups._mounts[version] == (point, mount_root, real_root, identity)

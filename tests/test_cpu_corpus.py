@@ -29,7 +29,7 @@ def test_the_corpus_is_all_there() -> None:
     assert [case for case in CASES if f"| `{case}` |" not in listed] == []
     for case in CASES:
         want = expected(case)
-        assert set(want["sources"]) == set(toil_threading._cpu.SOURCES), case
+        assert set(want["sources"]) == set(toil_threading._cpu_limits.SOURCES), case
         assert ("raises" in want) != ("count" in want), case
 
 

@@ -16,14 +16,8 @@ import os
 import time
 
 from . import _checks, _impl
-from ._cpu import (
-    CpuCount,
-    CpuLimit,
-    cpu_count,
-    explain_cpu_count,
-    parse_quota_cgroups1,
-    parse_quota_cgroups2,
-)
+from ._cpu import cpu_count, explain_cpu_count, parse_quota_cgroups1, parse_quota_cgroups2
+from ._cpu_limits import CpuCount, CpuLimit
 from ._protocol import LOGGER_NAME, MUTEX_PREFIX
 
 TYPE_CHECKING = False

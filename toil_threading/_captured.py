@@ -1,27 +1,15 @@
 """A process's view of a machine captured under a directory, for explain_cpu_count(root=...).
 
-Everything is read from files there: proc/self/{status,environ,cmdline},
-proc/sys/kernel/hostname and sys/devices/system/cpu/online beside what the live walk
-reads.  Loaded only for such a root.
+Everything is read from files beneath the root, opened once: proc/self/{status,environ,
+cmdline}, proc/sys/kernel/hostname and sys/devices/system/cpu/online beside what the live
+walk reads.  The cores open each path beneath the root's descriptor with no symbolic link
+followed and no "..", so nothing outside the root is read.  Loaded only for such a root.
 """
 
-from __future__ import annotations
-
-import os
-
-from ._cpu import CpuLimit, _integer, _Probe
-
-
-def _cpu_list_size(text: str) -> int | None:
-    """How many CPUs a list like "0-3,8,10-11" names, None if it is not one."""
-    total = 0
-    for part in text.strip().split(","):
-        first, dash, last = part.partition("-")
-        low, high = _integer(first), _integer(last) if dash else _integer(first)
-        if low is None or high is None or not 0 <= low <= high:
-            return None
-        total += high - low + 1
-    return total
+from . import _impl
+from ._cpu import Probe
+from ._cpu_limits import CpuLimit, cpus_in_words, unreadable
+from ._protocol import FIGURE_FILE_BYTES, TABLE_FILE_BYTES
 
 
 def _interpreter_options(argv: list[str]) -> tuple[str | bool | None, bool]:
@@ -60,20 +48,32 @@ def _interpreter_options(argv: list[str]) -> tuple[str | bool | None, bool]:
     return option, ignores_environment
 
 
-class CapturedProbe(_Probe):
-    """A process's view captured under root: everything comes from files there."""
+class CapturedProbe(Probe):
+    """A process's view captured under root: everything comes from files beneath it.
 
-    __slots__ = ("_environment",)
+    Holds the root's descriptor until close().  Raises OSError where root is missing or
+    not a directory.
+    """
+
+    __slots__ = ("_environment", "_root")
 
     def __init__(self, root: str) -> None:
-        super().__init__(root)
+        self._root = _impl.core.Directory(root, follow=True)
+        super().__init__(self._root.fd)
         self._environment: str | None = None
+
+    def close(self) -> None:
+        self._root.close()
+
+    def _text(self, path: str, size: int) -> str:
+        """The file's text, "" where it cannot be read."""
+        reason, text = self.read(_impl.core.read_bounded, path, size)
+        return "" if reason else text  # type: ignore[no-any-return]
 
     def env(self, name: str) -> str | None:
         if self._environment is None:
-            text = self.read("/proc/self/environ")
             # NUL-separated entries, searched as "\0NAME=": a few names of dozens are asked.
-            self._environment = "\0" + ("" if isinstance(text, int) else text)
+            self._environment = "\0" + self._text("/proc/self/environ", TABLE_FILE_BYTES)
         start = self._environment.find(f"\0{name}=")
         if start < 0:
             return None
@@ -81,32 +81,27 @@ class CapturedProbe(_Probe):
         end = self._environment.find("\0", start)
         return self._environment[start : len(self._environment) if end < 0 else end]
 
+    def _cpu_list(self, source: str, path: str, key: str, size: int) -> CpuLimit:
+        """A limit from a CPU list ("0-3,8"): a whole file, or its line "key:"."""
+        where = f"{key} in {path}" if key else path
+        reason, count = self.read(_impl.core.cpu_list_size, path, key, size)
+        if reason:
+            return CpuLimit(source, None, f"{where} unreadable ({unreadable(reason)})")
+        if count < 1:
+            return CpuLimit(source, None, f"{where} lists no CPU")
+        return CpuLimit(source, count, f"{cpus_in_words(count)} listed in {where}")
+
     def machine(self) -> CpuLimit:
         path = "/sys/devices/system/cpu/online"
-        text = self.read(path)
-        if isinstance(text, int):
-            return CpuLimit("machine", None, f"{path} unreadable ({os.strerror(text)})")
-        online = _cpu_list_size(text)
-        if online is None:
-            return CpuLimit("machine", None, f"{path} unreadable: {text.strip()!r}")
-        return CpuLimit("machine", online, f"online CPUs {text.strip()} in {path}")
+        return self._cpu_list("machine", path, "", FIGURE_FILE_BYTES)
 
     def affinity(self) -> CpuLimit:
-        path = "/proc/self/status"
-        text = self.read(path)
-        if isinstance(text, int):
-            return CpuLimit("affinity", None, f"{path} unreadable ({os.strerror(text)})")
-        start = text.find("Cpus_allowed_list:")
-        listed = text[start:].split("\n", 1)[0].partition(":")[2].strip()
-        allowed = _cpu_list_size(listed) if start >= 0 else None
-        if allowed is None:
-            return CpuLimit("affinity", None, f"no Cpus_allowed_list in {path}")
-        return CpuLimit("affinity", allowed, f"Cpus_allowed_list {listed} in {path}")
+        path, key = "/proc/self/status", "Cpus_allowed_list"
+        return self._cpu_list("affinity", path, key, TABLE_FILE_BYTES)
 
     def interpreter(self) -> tuple[object, bool]:
-        text = self.read("/proc/self/cmdline")
-        return _interpreter_options([] if isinstance(text, int) else text.split("\0"))
+        text = self._text("/proc/self/cmdline", TABLE_FILE_BYTES)
+        return _interpreter_options(text.split("\0") if text else [])
 
     def hostname(self) -> str:
-        text = self.read("/proc/sys/kernel/hostname")
-        return "" if isinstance(text, int) else text.strip()
+        return self._text("/proc/sys/kernel/hostname", FIGURE_FILE_BYTES).strip()

@@ -34,15 +34,21 @@ from ._protocol import (
     ALIVE,
     DEAD,
     DENIED,
+    FIGURE_FILE_BYTES,
+    MALFORMED,
     MUTEX_FILE_MODE,
     NAME_CHARACTERS,
     NAME_FILE_MODE,
     NAME_LENGTH,
     NAME_PREFIX,
+    NOT_REGULAR,
+    OUTSIDE_ROOT,
     RECORD_LOCK,
     REMOVED,
     SHARED,
     STRATEGIES_KEPT,
+    TABLE_FILE_BYTES,
+    TOO_LONG,
     WAIT,
     WORKING_DIRECTORY,
 )
@@ -712,27 +718,191 @@ def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tu
 # cgroup files: small files of numbers, read whole.
 
 
-def read_text(path: str) -> str:
-    fds: list[_Holder] = []
-    chunks = []
-    try:
+# Figures from outside: one bounded read each, parsed as the compiled core parses them
+# (csrc/figures.h).  Each answer is a tuple whose first item is 0, or the errno (or
+# TOO_LONG, MALFORMED, NOT_REGULAR, OUTSIDE_ROOT) that says why the file gave nothing.
+
+_FIGURE_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_FIGURE_DIGITS = 18  # as in figures.h: any real figure has far fewer
+_CPU_NUMBER_DIGITS = 7
+
+
+def _open_beneath(owner: "list[_Holder]", directory: int, path: str) -> int:
+    """The live system (directory is WORKING_DIRECTORY): path as the system resolves it.
+    A captured root: path beneath it, one component at a time with no link followed and no
+    "..", as figures.h does where the kernel has no openat2 (which refuses the same)."""
+    if directory == WORKING_DIRECTORY:
+        return _open_into(owner, path, _FIGURE_OPEN, 0, directory)
+    if path.startswith("/") or ".." in path.split("/"):
+        raise OSError(OUTSIDE_ROOT, os.strerror(OUTSIDE_ROOT), path)
+    *parents, leaf = path.split("/")
+    at = directory
+    for component in parents:
+        if component in ("", "."):
+            continue
         try:
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-            fd = _open_into(fds, path, flags, 0, WORKING_DIRECTORY)
-        except OSError as error:
-            raise _retry.error(error.errno or errno.EIO, path) from None
-        # Only a regular file (as /proc, sysfs and cgroup files are): a device such as
-        # /dev/zero would never end, a FIFO not say anything.
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _retry.not_a_regular_file(path, "a file to read", WORKING_DIRECTORY, path)
-        while True:
-            try:
-                chunk = os.read(fd, 8192)
-            except OSError as error:
-                raise _retry.error(error.errno or errno.EIO, path) from None
+            at = _open_into(owner, component, _DIRECTORY | os.O_NOFOLLOW, 0, at)
+        except NotADirectoryError:
+            found = os.stat(component, dir_fd=at, follow_symlinks=False).st_mode
+            err = errno.ELOOP if stat.S_ISLNK(found) else errno.ENOTDIR
+            raise OSError(err, os.strerror(err), path) from None
+    return _open_into(owner, leaf or ".", _FIGURE_OPEN | os.O_NOFOLLOW, 0, at)
+
+
+def _read_figure_file(directory: int, path: str, size: int) -> "tuple[int, bytes]":
+    """(0, the whole file) or (why not, b""): only a regular file, of at most size bytes."""
+    fds: list[_Holder] = []
+    try:
+        fd = _open_beneath(fds, directory, path)
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            return NOT_REGULAR, b""
+        if found.st_size > size:  # proc and sysfs files say 0
+            return TOO_LONG, b""
+        chunks = []
+        length = 0
+        while length <= size:
+            chunk = os.read(fd, size + 1 - length)
             if not chunk:
-                break
+                return 0, b"".join(chunks)
             chunks.append(chunk)
+            length += len(chunk)
+        return TOO_LONG, b""
+    except OSError as error:
+        return error.errno or errno.EIO, b""
     finally:
         _close_all(fds)
-    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+def _digits(field: bytes, limit: int) -> "int | None":
+    return int(field) if 0 < len(field) <= limit and field.isdigit() else None
+
+
+def _one_line(text: bytes) -> bytes:
+    """text without the one newline that may end it."""
+    return text[:-1] if text.endswith(b"\n") else text
+
+
+def _lines(text: bytes) -> "list[bytes]":
+    return _one_line(text).split(b"\n") if text else []
+
+
+def read_bounded(directory: int, path: str, limit: int) -> "tuple[int, str]":
+    reason, text = _read_figure_file(directory, path, limit)
+    return reason, text.decode("utf-8", "surrogateescape")
+
+
+def cpu_max(directory: int, path: str) -> "tuple[int, int, int]":
+    reason, text = _read_figure_file(directory, path, FIGURE_FILE_BYTES)
+    fields = _one_line(text).split(b" ")
+    if reason or len(fields) != 2:
+        return reason or MALFORMED, 0, 0
+    quota = -1 if fields[0] == b"max" else _digits(fields[0], _FIGURE_DIGITS)
+    period = _digits(fields[1], _FIGURE_DIGITS)
+    if quota is None or not period:
+        return MALFORMED, 0, 0
+    return 0, quota, period
+
+
+def cfs_figure(directory: int, path: str) -> "tuple[int, int]":
+    reason, text = _read_figure_file(directory, path, FIGURE_FILE_BYTES)
+    body = _one_line(text)
+    value = _digits(body[1:] if body.startswith(b"-") else body, _FIGURE_DIGITS)
+    if reason or value is None:
+        return reason or MALFORMED, 0
+    return 0, -value if body.startswith(b"-") else value
+
+
+def _cpu_list_count(text: bytes) -> "int | None":
+    """How many CPUs a list ("0-3,8,10-11", empty for none) names, None if malformed."""
+    count = 0
+    for part in text.split(b",") if text else ():
+        first, dash, last = part.partition(b"-")
+        low = _digits(first, _CPU_NUMBER_DIGITS)
+        high = _digits(last, _CPU_NUMBER_DIGITS) if dash else low
+        if low is None or high is None or high < low:
+            return None
+        count += high - low + 1
+    return count
+
+
+def cpu_list_size(directory: int, path: str, key: str, limit: int) -> "tuple[int, int]":
+    reason, text = _read_figure_file(directory, path, limit)
+    if reason:
+        return reason, 0
+    if key:
+        label = key.encode() + b":"
+        line = next((line for line in text.split(b"\n") if line.startswith(label)), None)
+        listed = None if line is None else line[len(label) :].lstrip(b" \t")
+    else:
+        listed = _one_line(text)
+    count = None if listed is None else _cpu_list_count(listed)
+    return (MALFORMED, 0) if count is None else (0, count)
+
+
+def cgroup_membership(directory: int, path: str) -> "tuple[int, str | None, str | None]":
+    reason, text = _read_figure_file(directory, path, TABLE_FILE_BYTES)
+    if reason or b"\0" in text:
+        return reason or MALFORMED, None, None
+    v1 = v2 = None
+    for line in _lines(text):
+        number, _, rest = line.partition(b":")
+        controllers, colon, path_found = rest.partition(b":")
+        if _digits(number, _FIGURE_DIGITS) is None or not colon or not path_found.startswith(b"/"):
+            return MALFORMED, None, None
+        if int(number) == 0 and not controllers:
+            v2 = v2 or os.fsdecode(path_found)
+        elif v1 is None and b"cpu" in controllers.split(b","):
+            v1 = os.fsdecode(path_found)
+    return 0, v1, v2
+
+
+def _unescaped(field: bytes) -> "bytes | None":
+    """mountinfo's escapes ("\\040" is a space) undone; None for one that makes a NUL."""
+    pieces = field.split(b"\\")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        code = piece[:3]
+        if len(code) == 3 and code[0] in b"0123" and all(c in b"01234567" for c in code[1:]):
+            if code == b"000":
+                return None
+            out.append(bytes((int(code, 8),)) + piece[3:])
+        else:
+            out.append(b"\\" + piece)
+    return b"".join(out)
+
+
+def _mount_line(line: bytes) -> "tuple[int, int, str, str, str, str, str, str] | None":
+    """One mountinfo line's fields, None if malformed."""
+    fields = line.split(b" ")
+    if b"\0" in line or b"-" not in fields[6:]:
+        return None
+    separator = fields.index(b"-", 6)
+    named, after = fields[: separator + 3], fields[separator + 3 :]
+    major, colon, minor = fields[2].partition(b":")
+    numbers = (fields[0], fields[1], major, minor)
+    if len(named) < separator + 3 or b"" in named or len(after) > 1 or not colon:
+        return None
+    if None in [_digits(number, _FIGURE_DIGITS) for number in numbers]:
+        return None
+    root, point, source = (_unescaped(fields[i]) for i in (3, 4, separator + 2))
+    if root is None or point is None or source is None:
+        return None
+    texts = (root, point, fields[separator + 1], source, fields[5], after[0] if after else b"")
+    return (int(major), int(minor), *map(os.fsdecode, texts))  # type: ignore[return-value]
+
+
+def mount_table(
+    directory: int, path: str, mount_type: str
+) -> "tuple[int, list[tuple[int, int, str, str, str, str, str, str]]]":
+    reason, text = _read_figure_file(directory, path, TABLE_FILE_BYTES)
+    if reason:
+        return reason, []
+    mounts = []
+    for line in _lines(text):
+        mount = _mount_line(line)
+        if mount is None:
+            return MALFORMED, []
+        if not mount_type or mount[4] == mount_type:
+            mounts.append(mount)
+    return 0, mounts

@@ -1,11 +1,13 @@
 """/proc/self/mountinfo (proc(5)): which mounts this process sees, and which holds a path.
 
-Read by the filesystem report and by the CPU count (for the cgroup mounts).
+The cores read and parse the table (csrc/figures.h and its pure twin): the one reader of
+it in the package, for the filesystem report here and for the cgroup mounts (_cgroups).
 """
 
 import os
 
 from . import _impl
+from ._protocol import WORKING_DIRECTORY
 
 
 class Mount:
@@ -30,59 +32,18 @@ class Mount:
         self.options = options
 
 
-def unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (a space is written \\040, a backslash \\134)."""
-    if "\\" not in field:
-        return field
-    pieces = field.split("\\")
-    out = [pieces[0]]
-    for piece in pieces[1:]:
-        code = piece[:3]
-        if len(code) == 3 and all("0" <= digit <= "7" for digit in code):
-            out.append(chr(int(code, 8)) + piece[3:])
-        else:
-            out.append("\\" + piece)
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> "list[Mount]":
-    """The mounts listed in a mountinfo text, in its order (a later one is mounted on top).
-
-    Only newlines and spaces separate: the kernel escapes those (and tabs, backslashes)
-    in paths, but leaves other control characters, which str.split() would split on.
-    """
-    mounts = []
-    for line in text.split("\n"):
-        before, separator, after = line.partition(" - ")
-        fields = [field for field in before.split(" ") if field]
-        tail = [field for field in after.split(" ") if field]
-        if not separator or len(fields) < 6 or len(tail) < 2:
-            continue
-        major, _, minor = fields[2].partition(":")
-        try:
-            device = (int(major), int(minor))
-        except ValueError:
-            continue
-        super_options = tail[2] if len(tail) > 2 else ""
-        mounts.append(
-            Mount(
-                device,
-                unescape(fields[3]),
-                unescape(fields[4]),
-                tail[0],
-                unescape(tail[1]),
-                ",".join(filter(None, (fields[5], super_options))),
-            )
-        )
-    return mounts
-
-
 def read_mounts(root: str = "/") -> "list[Mount] | None":
-    """The mounts this process sees (root/proc/self/mountinfo), None where there is none."""
-    try:
-        return parse_mountinfo(_impl.core.read_text(os.path.join(root, "proc/self/mountinfo")))
-    except OSError:
+    """The mounts this process sees (root/proc/self/mountinfo), in the table's order (a
+    later one is mounted on top); None where the table cannot be read or is malformed."""
+    reason, lines = _impl.core.mount_table(
+        WORKING_DIRECTORY, os.path.join(root, "proc/self/mountinfo"), ""
+    )
+    if reason:
         return None
+    return [
+        Mount((major, minor), mount_root, point, kind, source, ",".join(filter(None, options)))
+        for major, minor, mount_root, point, kind, source, *options in lines
+    ]
 
 
 def _contains(mount_point: str, path: str) -> bool:

@@ -5,8 +5,10 @@ running this package share one directory.  The filesystem table says, for each
 filesystem and the mount options that change it, whether flock(2) and POSIX record
 locks exclude between machines, and why; the strategy the package takes there follows
 from it (toil_threading._filesystems).  Both cores, the facade and the command line read
-this module; it imports nothing, so importing it costs nothing at start-up.
+this module; it imports only errno (built in), so importing it costs nothing at start-up.
 """
+
+import errno
 
 # The logger every module of the package logs to.
 LOGGER_NAME = "toil_threading"
@@ -70,6 +72,18 @@ POLL_CAP = 0.01
 # VANISHED_PAUSE_CAP: about 10 s in all, longer than a client's entry cache lives.
 VANISHED_TRIES = 200
 VANISHED_PAUSE_CAP = 0.05
+
+# Files read from outside (cgroup files, the mount table, a captured system's files, the
+# files schedulers' variables name) are each read whole into a buffer of one of these
+# sizes, in bytes; a longer one is not read at all.
+FIGURE_FILE_BYTES = 4096  # one figure: cpu.max, cpu.cfs_quota_us, a CPU list
+TABLE_FILE_BYTES = 1 << 20  # /proc/PID/cgroup, mountinfo, host files, a captured environ
+# Why such a file gave no figure, besides a failed system call's errno: errnos that no
+# read of a regular file returns, so each names one reason.
+TOO_LONG = errno.EFBIG
+MALFORMED = errno.ENOEXEC
+NOT_REGULAR = errno.ESPIPE
+OUTSIDE_ROOT = errno.EXDEV  # a path that would leave a captured root
 
 # Verdicts on a kind of lock (flock, or POSIX record locks) on one filesystem.
 LOCAL = "local"  # a filesystem of this machine only

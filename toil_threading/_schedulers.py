@@ -11,20 +11,20 @@ from __future__ import annotations
 import os
 from errno import ENOENT
 
-from ._cpu import (
-    NO_HTCONDOR,
-    NO_LSF,
-    NO_PBS,
-    NO_SGE,
-    NO_SLURM,
-    CpuLimit,
-    _tasks,
-    _whole,
-)
+from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit
+from ._cpu_limits import tasks_in_words as _tasks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._cpu import _AnyProbe
+    from ._cpu import AnyProbe as _AnyProbe
+
+
+def _whole(text: str | None) -> int | None:
+    """The positive whole number written in decimal digits, else None."""
+    if text and text.isascii() and text.isdigit():
+        value = int(text)
+        return value if value > 0 else None
+    return None
 
 
 def limits(probe: _AnyProbe) -> list[CpuLimit]:
