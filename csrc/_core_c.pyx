@@ -1121,7 +1121,7 @@ cdef size_t FIGURE_FILE_BYTES = protocol.FIGURE_FILE_BYTES
 cdef size_t TABLE_FILE_BYTES = protocol.TABLE_FILE_BYTES
 
 
-cdef class FigureFile:
+cdef class _FigureFile:
     """One file read whole into a buffer of its own (freed with it): text[:length], or
     reason, the errno of why it could not be read."""
 
@@ -1154,14 +1154,14 @@ cdef str decoded(const char *text, size_t length):
 
 
 def read_bounded(int directory, str path, Py_ssize_t limit):
-    cdef FigureFile found = FigureFile(directory, path, limit)
+    cdef _FigureFile found = _FigureFile(directory, path, limit)
     if found.reason:
         return found.reason, ""
     return 0, found.text[:found.length].decode("utf-8", "surrogateescape")
 
 
 def cpu_max(int directory, str path):
-    cdef FigureFile found = FigureFile(directory, path, FIGURE_FILE_BYTES)
+    cdef _FigureFile found = _FigureFile(directory, path, FIGURE_FILE_BYTES)
     cdef int64_t quota = 0, period = 0
     cdef int reason = found.reason or parse_cpu_max(found.text, found.length, &quota, &period)
     if reason:
@@ -1170,7 +1170,7 @@ def cpu_max(int directory, str path):
 
 
 def cfs_figure(int directory, str path):
-    cdef FigureFile found = FigureFile(directory, path, FIGURE_FILE_BYTES)
+    cdef _FigureFile found = _FigureFile(directory, path, FIGURE_FILE_BYTES)
     cdef int64_t value = 0
     cdef int reason = found.reason or parse_cfs_figure(found.text, found.length, &value)
     if reason:
@@ -1180,7 +1180,7 @@ def cfs_figure(int directory, str path):
 
 def cpu_list_size(int directory, str path, str key, Py_ssize_t limit):
     cdef bytes key_name = encoded(key)
-    cdef FigureFile found = FigureFile(directory, path, limit)
+    cdef _FigureFile found = _FigureFile(directory, path, limit)
     cdef int64_t count = 0
     cdef int reason = found.reason or parse_keyed_cpu_list(
         found.text, found.length, key_name, &count)
@@ -1190,7 +1190,7 @@ def cpu_list_size(int directory, str path, str key, Py_ssize_t limit):
 
 
 def cgroup_membership(int directory, str path):
-    cdef FigureFile found = FigureFile(directory, path, TABLE_FILE_BYTES)
+    cdef _FigureFile found = _FigureFile(directory, path, TABLE_FILE_BYTES)
     cdef const char *v1 = NULL
     cdef const char *v2 = NULL
     cdef size_t v1_length = 0, v2_length = 0
@@ -1206,7 +1206,7 @@ def cgroup_membership(int directory, str path):
 
 
 def mount_table(int directory, str path, str mount_type):
-    cdef FigureFile found = FigureFile(directory, path, TABLE_FILE_BYTES)
+    cdef _FigureFile found = _FigureFile(directory, path, TABLE_FILE_BYTES)
     cdef bytes wanted = encoded(mount_type)
     cdef char *at = found.text
     cdef char *end = found.text + found.length

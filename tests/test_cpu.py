@@ -595,14 +595,16 @@ def test_override(
 
 @pytest.mark.parametrize(
     "value",
-    ["0", "-2", "four", "3.5", "3 ", "٣", "3_0", "0x10", "2147483648", "99999999999999999999"]
-    + ["9" * 5000, " ", "+", "- 3"],
+    [
+        *("0", "-2", "four", "3.5", "3 ", "٣", "3_0", "0x10", "2147483648"),
+        *("99999999999999999999", "9" * 5000, " ", "+", "- 3"),
+    ],
 )
 def test_a_bad_python_cpu_count_is_named(core: str, tmp_path: Path, value: str) -> None:
     # CPython 3.13 reads it with strtol and refuses what is left over, a value outside a C
     # int, and a count below 1 (Python/initconfig.c, config_init_cpu_count).
     root = override_root(tmp_path, {"PYTHON_CPU_COUNT": value})
-    with pytest.raises(ValueError, match="^PYTHON_CPU_COUNT=") as raised:
+    with pytest.raises(ValueError, match=r"^PYTHON_CPU_COUNT=") as raised:
         toil_threading.explain_cpu_count(root)
     assert len(str(raised.value)) < 200  # the value is named, cut short if long
 
@@ -631,7 +633,7 @@ def test_a_bad_variable_is_refused_even_behind_the_option(core: str, tmp_path: P
     # CPython 3.13 reads the variable first and refuses a bad one before it looks at -X
     # cpu_count, which would replace it (Python/initconfig.c, config_init_cpu_count).
     root = override_root(tmp_path, {"PYTHON_CPU_COUNT": "0"}, "python3", "-X", "cpu_count=2")
-    with pytest.raises(ValueError, match="^PYTHON_CPU_COUNT='0'"):
+    with pytest.raises(ValueError, match=r"^PYTHON_CPU_COUNT='0'"):
         toil_threading.explain_cpu_count(root)
     good = tmp_path / "good"
     good.mkdir()

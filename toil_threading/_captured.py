@@ -67,8 +67,10 @@ class CapturedProbe(Probe):
 
     def _text(self, path: str, size: int) -> str:
         """The file's text, "" where it cannot be read."""
+        reason: int
+        text: str
         reason, text = self.read(_impl.core.read_bounded, path, size)
-        return "" if reason else text  # type: ignore[no-any-return]
+        return "" if reason else text
 
     def env(self, name: str) -> str | None:
         if self._environment is None:

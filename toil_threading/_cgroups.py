@@ -41,7 +41,8 @@ def _identity(path: str) -> tuple[int, int] | int:
 def _is_directory(probe: "AnyProbe", path: str) -> bool:
     # Opened as a file to read, a directory is "not a regular file": one question that
     # works the same under a captured root.
-    return probe.read(_impl.core.read_bounded, path + "/", 0)[0] == NOT_REGULAR
+    reason: int = probe.read(_impl.core.read_bounded, path + "/", 0)[0]
+    return reason == NOT_REGULAR
 
 
 def _within(path: str, directory: str) -> bool:
@@ -75,12 +76,12 @@ def _mount(probe: "AnyProbe", version: int, path: str) -> tuple[str, str, bool] 
     """
     live = probe.live
     known = _mounts.get(version) if live else None
-    if known is not None and _within(path, known[1]) and probe.identity(known[0]) == known[3]:
+    if known is not None and _within(path, known[1]) and probe.ask(_identity, known[0]) == known[3]:
         return known[0], known[1], known[2]
     arguments = (probe.beneath("/proc/self/mountinfo"), "cgroup2" if version == 2 else "cgroup")
     answer = _impl.core.mount_table(probe.directory, *arguments)
     found = None if answer[0] else _find_mount(answer[1], version, path)
-    identity = probe.identity(found[0]) if found is not None and live else None
+    identity = probe.ask(_identity, found[0]) if found is not None and live else None
     if not isinstance(identity, tuple):
         # Nothing known to stat: mountinfo's lines themselves are what a later check compares.
         probe.remember(_impl.core.mount_table, (probe.directory, *arguments), answer)

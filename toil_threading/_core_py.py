@@ -759,7 +759,7 @@ def _read_figure_file(directory: int, path: str, size: int) -> "tuple[int, bytes
             return NOT_REGULAR, b""
         if found.st_size > size:  # proc and sysfs files say 0
             return TOO_LONG, b""
-        chunks = []
+        chunks: list[bytes] = []
         length = 0
         while length <= size:
             chunk = os.read(fd, size + 1 - length)

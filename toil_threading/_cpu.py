@@ -100,6 +100,8 @@ class Probe:
 
     def read_named(self, path: str) -> str | int:
         """The file a variable names (beneath a captured root too): its text, or why not."""
+        reason: int
+        text: str
         reason, text = self.read(_impl.core.read_bounded, path, TABLE_FILE_BYTES)
         return reason or text
 
@@ -118,9 +120,6 @@ class _LiveProbe(Probe):
 
     def env(self, name: str) -> str | None:
         return self.ask(_getenv, name)  # type: ignore[no-any-return]
-
-    def identity(self, path: str) -> tuple[int, int] | int:
-        return self.ask(_cgroups._identity, path)  # type: ignore[no-any-return]
 
     def machine(self) -> CpuLimit:
         online = self.ask(_online_now)

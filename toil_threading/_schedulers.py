@@ -8,10 +8,9 @@ figure is worse than none, since the smallest one wins.
 
 from __future__ import annotations
 
-import os
 from errno import ENOENT
 
-from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit
+from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit, unreadable
 from ._cpu_limits import tasks_in_words as _tasks
 
 TYPE_CHECKING = False
@@ -248,7 +247,7 @@ def _sge(probe: _AnyProbe) -> CpuLimit:
         return CpuLimit("sge", None, f"NSLOTS={nslots} over NHOSTS={nhosts}, and no PE_HOSTFILE")
     text = probe.read_named(path)
     if isinstance(text, int):
-        return CpuLimit("sge", None, f"PE_HOSTFILE={path} unreadable ({os.strerror(text)})")
+        return CpuLimit("sge", None, f"PE_HOSTFILE={path} unreadable ({unreadable(text)})")
     host = probe.hostname()
     slots = 0
     for line in text.split("\n"):
@@ -304,7 +303,7 @@ def _htcondor(probe: _AnyProbe) -> CpuLimit:
         return NO_HTCONDOR
     text = probe.read_named(path)
     if isinstance(text, int):
-        why = f"_CONDOR_MACHINE_AD={path} unreadable ({os.strerror(text)})"
+        why = f"_CONDOR_MACHINE_AD={path} unreadable ({unreadable(text)})"
         return CpuLimit("htcondor", None, why)
     for line in text.split("\n"):
         name, equals, value = line.partition("=")
