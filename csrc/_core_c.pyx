@@ -1118,6 +1118,7 @@ assert (FIGURE_TOO_LONG, FIGURE_MALFORMED, FIGURE_NOT_REGULAR, FIGURE_OUTSIDE) =
     protocol.TOO_LONG, protocol.MALFORMED, protocol.NOT_REGULAR, protocol.OUTSIDE_ROOT
 )
 cdef size_t FIGURE_FILE_BYTES = protocol.FIGURE_FILE_BYTES
+cdef size_t STATUS_FILE_BYTES = protocol.STATUS_FILE_BYTES
 cdef size_t TABLE_FILE_BYTES = protocol.TABLE_FILE_BYTES
 
 
@@ -1190,7 +1191,7 @@ def cpu_list_size(int directory, str path, str key, Py_ssize_t limit):
 
 
 def cgroup_membership(int directory, str path):
-    cdef _FigureFile found = _FigureFile(directory, path, TABLE_FILE_BYTES)
+    cdef _FigureFile found = _FigureFile(directory, path, STATUS_FILE_BYTES)
     cdef const char *v1 = NULL
     cdef const char *v2 = NULL
     cdef size_t v1_length = 0, v2_length = 0

@@ -9,7 +9,7 @@ followed and no "..", so nothing outside the root is read.  Loaded only for such
 from . import _impl
 from ._cpu import Probe
 from ._cpu_limits import CpuLimit, cpus_in_words, unreadable
-from ._protocol import FIGURE_FILE_BYTES, TABLE_FILE_BYTES
+from ._protocol import FIGURE_FILE_BYTES, STATUS_FILE_BYTES, TABLE_FILE_BYTES
 
 
 def _interpreter_options(argv: list[str]) -> tuple[str | bool | None, bool]:
@@ -99,7 +99,7 @@ class CapturedProbe(Probe):
 
     def affinity(self) -> CpuLimit:
         path, key = "/proc/self/status", "Cpus_allowed_list"
-        return self._cpu_list("affinity", path, key, TABLE_FILE_BYTES)
+        return self._cpu_list("affinity", path, key, STATUS_FILE_BYTES)
 
     def interpreter(self) -> tuple[object, bool]:
         text = self._text("/proc/self/cmdline", TABLE_FILE_BYTES)

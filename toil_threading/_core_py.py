@@ -46,6 +46,7 @@ from ._protocol import (
     RECORD_LOCK,
     REMOVED,
     SHARED,
+    STATUS_FILE_BYTES,
     STRATEGIES_KEPT,
     TABLE_FILE_BYTES,
     TOO_LONG,
@@ -841,7 +842,7 @@ def cpu_list_size(directory: int, path: str, key: str, limit: int) -> "tuple[int
 
 
 def cgroup_membership(directory: int, path: str) -> "tuple[int, str | None, str | None]":
-    reason, text = _read_figure_file(directory, path, TABLE_FILE_BYTES)
+    reason, text = _read_figure_file(directory, path, STATUS_FILE_BYTES)
     if reason or b"\0" in text:
         return reason or MALFORMED, None, None
     v1 = v2 = None

@@ -77,7 +77,8 @@ VANISHED_PAUSE_CAP = 0.05
 # files schedulers' variables name) are each read whole into a buffer of one of these
 # sizes, in bytes; a longer one is not read at all.
 FIGURE_FILE_BYTES = 4096  # one figure: cpu.max, cpu.cfs_quota_us, a CPU list
-TABLE_FILE_BYTES = 1 << 20  # /proc/PID/cgroup, mountinfo, host files, a captured environ
+STATUS_FILE_BYTES = 64 << 10  # /proc/PID/cgroup and status: a few dozen lines
+TABLE_FILE_BYTES = 1 << 20  # mountinfo, a scheduler's host file, a captured environ
 # Why such a file gave no figure, besides a failed system call's errno: errnos that no
 # read of a regular file returns, so each names one reason.
 TOO_LONG = errno.EFBIG
