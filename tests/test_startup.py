@@ -26,7 +26,9 @@ import toil_threading
 pytestmark = linux_only
 
 SWITCH = "TOIL_THREADING_FOR_TOIL"
+RETRY_SETTINGS = ("MAX_TRIES", "BACKOFF", "MAX_BACKOFF")
 START_UP_FILES = ("toil_threading_for_toil.py", "toil_threading_for_toil.pth")
+DEFAULT_POLICY = [10, 1.0, 60.0]
 
 # Where sys.platlibdir is lib64, site reads a venv's lib64/.../site-packages and
 # lib/.../site-packages both (venv makes lib64 a link to lib). This .pth, in lib, has
@@ -120,9 +122,10 @@ def venvs(toil_python: str, tmp_path_factory: pytest.TempPathFactory) -> Venvs:
 
 
 def start(python: str, core: str, code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter on core with env, and not the switch of this
-    process's environment; it must succeed."""
-    environment = {k: v for k, v in core_environment(core).items() if k != SWITCH}
+    """Run code in a fresh interpreter on core with env, and none of the switch's or the
+    retry policy's variables of this process's environment; it must succeed."""
+    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
     environment.update(env)
     done = subprocess.run(
         [python, "-I", "-c", textwrap.dedent(code)],
@@ -265,3 +268,41 @@ def test_other_values_warn_once_and_leave_it_off(core: str, venvs: Venvs, value:
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"toil-threading: {SWITCH}={value!a} "), errors
     assert "stays off" in errors[0]
+
+
+# Bad retry settings under the switch: reported once each, their defaults used.
+
+
+@pytest.mark.parametrize(
+    "settings,policy,named",
+    [
+        ({"MAX_TRIES": "\u0663"}, DEFAULT_POLICY, ["MAX_TRIES"]),
+        ({"MAX_TRIES": "1_0", "BACKOFF": "0.5"}, [10, 0.5, 60.0], ["MAX_TRIES"]),
+        ({"BACKOFF": "inf", "MAX_BACKOFF": "nan"}, DEFAULT_POLICY, ["BACKOFF", "MAX_BACKOFF"]),
+        ({"MAX_TRIES": "4", "MAX_BACKOFF": "1e3"}, [4, 1.0, 60.0], ["MAX_BACKOFF"]),
+        ({"MAX_TRIES": "0"}, DEFAULT_POLICY, ["MAX_TRIES"]),
+        # A first pause longer than the longest: both pauses are the defaults.
+        ({"BACKOFF": "120", "MAX_TRIES": "3"}, [3, 1.0, 60.0], ["BACKOFF"]),
+    ],
+)
+def test_bad_retry_settings_under_the_switch_are_reported_and_defaulted(
+    core: str, venvs: Venvs, settings: dict[str, str], policy: list[float], named: list[str]
+) -> None:
+    python = venvs.python("intact")
+    env = {SWITCH: "1", **{f"TOIL_THREADING_LOCK_{k}": v for k, v in settings.items()}}
+    found, errors = report(python, core, **env)
+    assert_on_the_package(found, core)
+    assert len(errors) == len(named), errors
+    for line, name in zip(errors, named, strict=True):
+        assert line.startswith(f"toil-threading: TOIL_THREADING_LOCK_{name}="), errors
+        assert "default" in line
+    # The policy in force, in Toil's process and in one that imports the package itself.
+    for code in (
+        "import toil.lib.threading, toil_threading as t; print(list(t.lock_retry_policy()))",
+        "import toil_threading as t; print(list(t.lock_retry_policy()))",
+    ):
+        done = start(python, core, code, **env)
+        assert json.loads(done.stdout) == policy
+        assert done.stderr.splitlines() == errors
+    # A process that never imports the package says nothing of it.
+    assert start(python, core, "import json", **env).stderr == ""
