@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,105 @@ def test_a_checkout_shadowing_the_installed_package_is_named_in_the_warning() ->
     assert f"the toil_threading imported is the source folder {source}" in done.stderr
     assert "it shadows the installed package" in done.stderr
     assert "Run from another directory, or with `python -I`" in done.stderr
+
+
+# The retry settings read at import, outside the Toil switch (tests/test_startup.py has
+# them under it): plain ASCII decimals in range, anything else a ValueError naming them.
+
+RETRY_SETTINGS = ("MAX_TRIES", "BACKOFF", "MAX_BACKOFF")
+
+
+def import_with_retry_settings(core: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """Import the package in a fresh interpreter on core, with the TOIL_THREADING_LOCK_*
+    settings given (none of this process's, and no Toil switch); it prints the policy."""
+    cleared = {"TOIL_THREADING_FOR_TOIL", *(f"TOIL_THREADING_LOCK_{k}" for k in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
+    environment.update({f"TOIL_THREADING_LOCK_{k}": v for k, v in settings.items()})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            "import toil_threading as t; print(list(t.lock_retry_policy()))",
+        ],
+        cwd="/",
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "settings,policy",
+    [
+        ({"MAX_TRIES": "1", "BACKOFF": "0.25", "MAX_BACKOFF": "0.5"}, [1, 0.25, 0.5]),
+        ({"MAX_TRIES": "1000", "BACKOFF": "3600", "MAX_BACKOFF": "3600.0"}, [1000, 3600.0, 3600.0]),
+        ({"MAX_TRIES": "007", "BACKOFF": "60.000"}, [7, 60.0, 60.0]),
+        # Only the longest pause, below the default first one: every pause is that long.
+        ({"MAX_BACKOFF": "0.5"}, [10, 1.0, 0.5]),
+        ({"MAX_TRIES": "", "BACKOFF": "", "MAX_BACKOFF": ""}, [10, 1.0, 60.0]),
+    ],
+)
+def test_retry_settings_in_range_are_taken(
+    core: str, settings: dict[str, str], policy: list[float]
+) -> None:
+    done = import_with_retry_settings(core, **settings)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == policy
+    assert done.stderr == ""
+
+
+NOT_PLAIN_DECIMALS = [
+    "\u0663",  # ARABIC-INDIC DIGIT THREE, which int() reads as 3
+    "\uff13",  # FULLWIDTH DIGIT THREE
+    "1_0",
+    "+3",
+    " 3",
+    "3\n",
+    "-1",
+    "0x10",
+    "1e2",
+    "many",
+    "10000000000",
+]
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("MAX_TRIES", value) for value in [*NOT_PLAIN_DECIMALS, "3.0", "0", "1001"]]
+    + [
+        ("BACKOFF", value)
+        for value in [*NOT_PLAIN_DECIMALS, "inf", "nan", "1e-3", "\u0660.5", "0", "0.0"]
+    ]
+    + [("BACKOFF", value) for value in ["3600.5", "1_0.5", ".5", "1.", "1.5.0"]]
+    + [("MAX_BACKOFF", value) for value in ["Infinity", "NaN", "3601", "1E3", "0.5s", "0"]],
+)
+def test_bad_retry_settings_raise_naming_the_variable(core: str, name: str, value: str) -> None:
+    done = import_with_retry_settings(core, **{name: value})
+    assert done.returncode != 0
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"ValueError: TOIL_THREADING_LOCK_{name}={value!a} is not "), last
+    assert "ASCII digits" in last and ("1 to 1000" if name == "MAX_TRIES" else "3600") in last
+
+
+@pytest.mark.parametrize(
+    "settings,named",
+    [
+        (
+            {"BACKOFF": "120"},
+            "BACKOFF=120 is longer than the longest pause, "
+            "TOIL_THREADING_LOCK_MAX_BACKOFF=60 (its default)",
+        ),
+        (
+            {"BACKOFF": "5", "MAX_BACKOFF": "2.5"},
+            "BACKOFF=5 is longer than the longest pause, TOIL_THREADING_LOCK_MAX_BACKOFF=2.5",
+        ),
+    ],
+)
+def test_a_first_pause_longer_than_the_longest_is_refused(
+    core: str, settings: dict[str, str], named: str
+) -> None:
+    done = import_with_retry_settings(core, **settings)
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[-1] == f"ValueError: TOIL_THREADING_LOCK_{named}"

@@ -13,12 +13,13 @@ own (see the README's "How the code is laid out").
 # cost little more than a bare one), so nothing here imports typing, logging, threading
 # or collections at import time; what is not needed for that loads on first use.
 import os
+import sys
 import time
 
 from . import _checks, _impl
 from ._cpu import cpu_count, explain_cpu_count, parse_quota_cgroups1, parse_quota_cgroups2
 from ._cpu_limits import CpuCount, CpuLimit
-from ._protocol import LOGGER_NAME, MUTEX_PREFIX
+from ._protocol import DEFAULT_RETRY_POLICY, LOGGER_NAME, MUTEX_PREFIX
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -181,32 +182,77 @@ def set_lock_retry_policy(
     return old
 
 
-def _setting(variable: str, kind: type[float]) -> float | None:
-    """The number in an environment variable, None if unset or empty."""
+# The retry settings read at import, in LockRetryPolicy's order: each variable, whether it
+# holds a whole number (else seconds), and the largest value it may hold.
+_RETRY_SETTINGS = (
+    ("TOIL_THREADING_LOCK_MAX_TRIES", True, 1000),
+    ("TOIL_THREADING_LOCK_BACKOFF", False, 3600),
+    ("TOIL_THREADING_LOCK_MAX_BACKOFF", False, 3600),
+)
+
+
+def _setting(variable: str, whole: bool, largest: int) -> float | None:
+    """The number an environment variable holds, None if it is unset or empty.
+
+    Only plain ASCII decimals are numbers here (no sign, space, underscore, exponent,
+    inf, nan or other digits than 0-9, all of which int() and float() take), with a
+    fraction for seconds; from 1 (whole) or above 0 (seconds) to largest.  Anything else
+    is a ValueError naming the variable.
+    """
     text = os.environ.get(variable)
     if not text:
         return None
-    try:
-        return kind(text)
-    except ValueError:
-        wanted = "a whole number" if kind is int else "a number"
-        raise ValueError(f"{variable}={text!r} is not {wanted}") from None
+    digits, point, fraction = text.partition(".")
+    plain = text.isascii() and digits.isdigit() and (not point or fraction.isdigit())
+    number = float(text) if plain and not (whole and point) else 0.0  # 0: refused below
+    if number <= 0 or number > largest:
+        wanted = (
+            f"a whole number from 1 to {largest}"
+            if whole
+            else f"a number of seconds above 0 and at most {largest}, like 2 or 0.5"
+        )
+        raise ValueError(f"{variable}={text!a} is not {wanted} (in ASCII digits)")
+    return number
+
+
+def _refuse(problem: str, instead: str) -> None:
+    """A bad retry setting: ValueError naming it, except in a process the Toil switch runs
+    on this package, where it must not stop every Toil process: there it is one line on
+    stderr (as the switch reports), saying what is used instead."""
+    switch = sys.modules.get("toil_threading_for_toil")
+    if switch is None or getattr(switch, "switched_on", False) is not True:
+        raise ValueError(problem) from None
+    switch.warn(f"{problem}; {instead}")
 
 
 def _policy_from_environment() -> None:
-    max_tries = _setting("TOIL_THREADING_LOCK_MAX_TRIES", int)
-    backoff = _setting("TOIL_THREADING_LOCK_BACKOFF", float)
-    max_backoff = _setting("TOIL_THREADING_LOCK_MAX_BACKOFF", float)
+    """Apply the TOIL_THREADING_LOCK_* settings (see _setting and _refuse).  A first pause
+    longer than the longest is refused too: it would have no effect."""
+    given: list[float | None] = []
+    for (variable, whole, largest), default in zip(
+        _RETRY_SETTINGS, DEFAULT_RETRY_POLICY, strict=True
+    ):
+        try:
+            given.append(_setting(variable, whole, largest))
+        except ValueError as problem:
+            _refuse(str(problem), f"the default, {default:g}, is used")
+            given.append(None)
+    max_tries, backoff, max_backoff = given
+    limit = DEFAULT_RETRY_POLICY[2] if max_backoff is None else max_backoff
+    if backoff is not None and backoff > limit:
+        _refuse(
+            f"{_RETRY_SETTINGS[1][0]}={backoff:g} is longer than the longest pause,"
+            f" {_RETRY_SETTINGS[2][0]}={limit:g}{' (its default)' if max_backoff is None else ''}",
+            f"the default, {DEFAULT_RETRY_POLICY[1]:g}, is used",
+        )
+        backoff = None
     if max_tries is None and backoff is None and max_backoff is None:
         return  # Toil's policy stands (and the module that keeps it need not load yet)
-    try:
-        set_lock_retry_policy(
-            max_tries=None if max_tries is None else int(max_tries),
-            backoff=backoff,
-            max_backoff=max_backoff,
-        )
-    except ValueError as error:
-        raise ValueError(f"bad TOIL_THREADING_LOCK_* setting: {error}") from None
+    set_lock_retry_policy(
+        max_tries=None if max_tries is None else int(max_tries),
+        backoff=backoff,
+        max_backoff=max_backoff,
+    )
 
 
 _policy_from_environment()

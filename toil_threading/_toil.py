@@ -28,16 +28,24 @@ TOIL_MODULE = "toil.lib.threading"
 KEPT = frozenset({"logger"})
 
 
-def _patch(module: ModuleType) -> dict[str, tuple[object, object]]:
-    """Put the package's objects into Toil's module; {name: (Toil's, ours)} replaced."""
+def _package_objects() -> dict[str, object]:
+    """The package's object for each name it may give Toil's module.  Loading them all
+    here, before Toil's module runs, makes a broken installation fail before anything
+    changes, never halfway through a patch."""
+    import toil_threading
+
+    return {name: getattr(toil_threading, name) for name in set(toil_threading.__all__) - KEPT}
+
+
+def _patch(module: ModuleType, ours: dict[str, object]) -> dict[str, tuple[object, object]]:
+    """Put the package's objects (ours) into Toil's module; {name: (Toil's, ours)} replaced."""
     import toil_threading
 
     if module.__dict__.get("__toil_threading__") is toil_threading:
         return {}
-    ours = set(toil_threading.__all__) - KEPT
     replaced = {}
-    for name in sorted(ours & set(module.__dict__)):
-        old, new = module.__dict__[name], getattr(toil_threading, name)
+    for name in sorted(ours.keys() & module.__dict__.keys()):
+        old, new = module.__dict__[name], ours[name]
         if old is not new:
             replaced[name] = (old, new)
             setattr(module, name, new)
@@ -61,8 +69,9 @@ def _patch(module: ModuleType) -> dict[str, tuple[object, object]]:
 class _PatchingLoader:
     """Toil's loader, followed by the patch: Toil's module runs as always first."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, ours: dict[str, object]) -> None:
         self._loader = loader
+        self._ours = ours
 
     def create_module(self, spec: ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)  # type: ignore[no-any-return]
@@ -70,7 +79,7 @@ class _PatchingLoader:
     def exec_module(self, module: ModuleType) -> None:
         module.__dict__.pop("__toil_threading__", None)  # importlib.reload() comes here too
         self._loader.exec_module(module)
-        _patch(module)
+        _patch(module, self._ours)
 
     def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
         return getattr(self._loader, name)
@@ -78,7 +87,7 @@ class _PatchingLoader:
 
 class _Finder:
     """First on sys.meta_path: finds toil.lib.threading with the finders after it, and
-    hands it out with a loader that patches it."""
+    hands it out with a loader that patches it (with the package's objects, loaded now)."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
@@ -91,7 +100,9 @@ class _Finder:
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and not isinstance(spec.loader, _PatchingLoader):
-                    spec.loader = _PatchingLoader(spec.loader)  # type: ignore[assignment]
+                    spec.loader = _PatchingLoader(  # type: ignore[assignment]
+                        spec.loader, _package_objects()
+                    )
                 return spec
         return None
 
@@ -115,7 +126,7 @@ def install_into_toil() -> None:
     # Imported already: patch it now, and the copies other modules took of its names.
     # (Values Toil computed from them at import, like a class attribute holding
     # cpu_count(), keep what they got.)
-    replaced = _patch(module)
+    replaced = _patch(module, _package_objects())
     for other in list(sys.modules.values()):
         namespace = getattr(other, "__dict__", None)
         if other is module or not isinstance(namespace, dict):
@@ -123,3 +134,14 @@ def install_into_toil() -> None:
         for name, (old, new) in replaced.items():
             if namespace.get(name) is old:
                 namespace[name] = new
+
+
+def spec_for_the_switch(
+    fullname: str, path: Sequence[str] | None, target: ModuleType | None
+) -> ModuleSpec | None:
+    """For the start-up switch, asked for Toil's module as it is first imported: its spec,
+    with the patching loader.  Whatever fails here fails before anything has changed, so
+    the switch can fall back to Toil's own module."""
+    spec = _Finder().find_spec(fullname, path, target)
+    install_into_toil()  # its finder stays on sys.meta_path, for a reload
+    return spec
