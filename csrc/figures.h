@@ -124,7 +124,9 @@ static int figure_open(int directory, const char *path) {
 
 /* The whole file at path into buffer (size bytes, then a NUL): its length, or -errno.
    Only a regular file is read (as /proc, sysfs and cgroup files are), so nothing blocks
-   and nothing endless is read; EINTR is returned for the caller to run signal handlers. */
+   and nothing endless is read.  Read to its end, since a /proc file longer than a page
+   comes a page or so per read(2); one byte more than fits is asked for, so a file that
+   fills the buffer is too long.  EINTR is returned for the caller to run signal handlers. */
 static ssize_t figure_read(int directory, const char *path, char *buffer, size_t size) {
     struct stat found;
     ssize_t length = 0, got;
@@ -135,7 +137,6 @@ static ssize_t figure_read(int directory, const char *path, char *buffer, size_t
     /* A size that says so (proc and sysfs files say 0) spares reading it. */
     else if (found.st_size > (off_t)size) err = FIGURE_TOO_LONG;
     while (!err) {
-        /* One byte more than fits: a file that fills the buffer is too long. */
         got = read(fd, buffer + length, size + 1 - (size_t)length);
         if (got < 0) err = errno;
         else if (got == 0) break;

@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_c, core_environment, linux_only, skip_or_fail
+from conftest import (
+    build_c,
+    core_environment,
+    core_prelude,
+    linux_only,
+    needs_root,
+    skip_or_fail,
+)
 from test_cpu import FAKE_CPUS, ROOT_MOUNT, V1_MOUNT, V2_MOUNT, fake_root
 
 import toil_threading
@@ -302,3 +309,42 @@ def test_the_walk_without_openat2_reads_what_openat2_reads(tmp_path: Path, no_op
         answers.append(json.loads(done.stdout))
     assert answers[0] == answers[1]
     assert [limit[1] for limit in answers[0] if limit[0] == "cgroup v2"] == [None, None, 3, None]
+
+
+def test_a_mount_table_longer_than_a_page_is_read_whole(core: str, tmp_path: Path) -> None:
+    # /proc's tables come a page or so per read(2): the reader goes on to the end.  A
+    # private mount namespace gets a hundred more mounts, so its table is several pages.
+    needs_root()
+    code = (
+        "import os, subprocess, sys\n"
+        f"{core_prelude(core)}"
+        "from toil_threading import _mountinfo\n"
+        "for n in range(100):\n"
+        "    point = os.path.join(sys.argv[1], f'm{n:03d}')\n"
+        "    os.mkdir(point)\n"
+        "    subprocess.run(['mount', '-t', 'tmpfs', 'none', point], check=True)\n"
+        "with open('/proc/self/mountinfo', 'rb') as table:\n"
+        "    lines = table.read().count(b'\\n')\n"
+        "mounts = _mountinfo.read_mounts()\n"
+        "print(lines, len(mounts), sum(m.mount_point.startswith(sys.argv[1]) for m in mounts))\n"
+    )
+    done = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-I",
+            "-c",
+            code,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines, mounts, ours = map(int, done.stdout.split())
+    assert lines == mounts and ours == 100, done.stdout

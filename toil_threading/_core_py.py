@@ -751,7 +751,8 @@ def _open_beneath(owner: "list[_Holder]", directory: int, path: str) -> int:
 
 
 def _read_figure_file(directory: int, path: str, size: int) -> "tuple[int, bytes]":
-    """(0, the whole file) or (why not, b""): only a regular file, of at most size bytes."""
+    """(0, the whole file) or (why not, b""): only a regular file, of at most size bytes,
+    read to its end as figures.h reads it (a long /proc file comes a page per read)."""
     fds: list[_Holder] = []
     try:
         fd = _open_beneath(fds, directory, path)
