@@ -202,7 +202,7 @@ def test_a_file_to_read_that_is_not_a_regular_file_is_an_error_at_once(
     message, detail, cpus = in_child(read_them, timeout=20)
     assert message.startswith("[Errno 22] not a file to read: "), message
     assert str(path) in message
-    assert cpus is None and detail == f"_CONDOR_MACHINE_AD={path} unreadable (Invalid argument)"
+    assert cpus is None and detail == f"_CONDOR_MACHINE_AD={path} unreadable (not a regular file)"
 
 
 def test_other_thread_runs_while_a_lock_wait_blocks(core: str, shm_dir: Path) -> None:

@@ -18,7 +18,7 @@ from time import monotonic
 
 from . import _cgroups, _impl
 from ._cpu_limits import OUTSIDE_ANY_JOB, CpuCount, CpuLimit, unreadable
-from ._protocol import MALFORMED, TABLE_FILE_BYTES, WORKING_DIRECTORY
+from ._protocol import MALFORMED, NOT_REGULAR, TABLE_FILE_BYTES, WORKING_DIRECTORY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -329,6 +329,10 @@ def _figures_of(
     reason, *figures = reader(WORKING_DIRECTORY, shown)
     if reason == MALFORMED:
         raise ValueError(f"{shown}: expected {expected}")
+    if reason == NOT_REGULAR:
+        from ._retry import not_a_regular_file
+
+        raise not_a_regular_file(shown, "a file to read", WORKING_DIRECTORY, shown)
     if reason:
         raise OSError(reason, unreadable(reason), shown)
     return tuple(figures)
