@@ -4,8 +4,6 @@ The cores read and parse the table (csrc/figures.h and its pure twin): the one r
 it in the package, for the filesystem report here and for the cgroup mounts (_cgroups).
 """
 
-import os
-
 from . import _impl
 from ._protocol import WORKING_DIRECTORY
 
@@ -33,11 +31,18 @@ class Mount:
 
 
 def read_mounts(root: str = "/") -> "list[Mount] | None":
-    """The mounts this process sees (root/proc/self/mountinfo), in the table's order (a
-    later one is mounted on top); None where the table cannot be read or is malformed."""
-    reason, lines = _impl.core.mount_table(
-        WORKING_DIRECTORY, os.path.join(root, "proc/self/mountinfo"), ""
-    )
+    """The mounts this process sees, in the table's order (a later one is mounted on top);
+    None where the table cannot be read or is malformed.  With root other than "/", the
+    table of a system captured there: root/proc/self/mountinfo, read beneath root with no
+    link followed (OSError where root is missing or not a directory)."""
+    if root.rstrip("/"):
+        captured = _impl.core.Directory(root, follow=True)
+        try:
+            reason, lines = _impl.core.mount_table(captured.fd, "proc/self/mountinfo", "")
+        finally:
+            captured.close()
+    else:
+        reason, lines = _impl.core.mount_table(WORKING_DIRECTORY, "/proc/self/mountinfo", "")
     if reason:
         return None
     return [
