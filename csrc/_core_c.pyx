@@ -48,6 +48,7 @@ cdef extern from "<errno.h>" nogil:
         ENXIO
         EISDIR
         EBADF
+        EROFS
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
@@ -201,6 +202,12 @@ cdef enum:
 
 cdef inline bint vanished(int err) noexcept nogil:
     return err == ENOENT or err == ESTALE
+
+
+cdef inline bint removal_refused(int err) noexcept nogil:
+    """An unlink refused for a reason that is not the caller's error: another user's file
+    in a sticky directory (EPERM, EACCES), or a read-only filesystem (EROFS)."""
+    return err == EPERM or err == EACCES or err == EROFS
 
 
 # Where the file-system encoding is UTF-8 (nearly everywhere), a str's cached UTF-8 form
@@ -595,7 +602,7 @@ cdef int release_at(
     if not (err or unlink_err or failure or sameness != SAME):
         return 0
     shown = f"{directory}/{filename}"
-    if unlink_err == EPERM or unlink_err == EACCES:
+    if removal_refused(unlink_err):
         retry_module().kept(shown, unlink_err)
         unlink_err = 0
     elif vanished(unlink_err):
@@ -997,7 +1004,7 @@ cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) e
             if err:
                 raise retry_module().error(err, shown)
             if sameness == SAME:
-                if unlink_err == EPERM or unlink_err == EACCES:
+                if removal_refused(unlink_err):
                     return DEAD
                 if unlink_err and not vanished(unlink_err):
                     raise retry_module().error(unlink_err, shown)

@@ -55,7 +55,9 @@ else:
     from _functools import partial  # functools itself imports collections: slow
 
 _VANISHED = (errno.ENOENT, errno.ESTALE)
-_REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
+# An unlink refused for a reason that is not the caller's error: another user's file in a
+# sticky directory (EPERM, EACCES), or a read-only filesystem (EROFS).
+_REFUSED_UNLINK = (errno.EPERM, errno.EACCES, errno.EROFS)
 _COMMON = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 # Read and write: a waiter announces itself with a read lock (see announce_waiting).
 _CREATE = os.O_CREAT | os.O_RDWR | _COMMON

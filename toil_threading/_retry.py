@@ -227,5 +227,6 @@ def lost(path: str, replaced: bool) -> None:
 
 
 def kept(path: str, err: int) -> None:
-    """Our lock file could not be unlinked (another user's, in a sticky directory)."""
+    """Our lock file could not be unlinked (another user's, in a sticky directory; or on a
+    read-only filesystem)."""
     log(10, "left %s in place: %s (the lock itself was released)", path, os.strerror(err))

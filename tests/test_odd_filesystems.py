@@ -1,0 +1,135 @@
+"""Odd places: read-only mounts, filesystems that make no files, working directories
+deeper than PATH_MAX, and an arena entry that runs out of descriptors halfway.
+
+Read-only mounts are real: a forked child takes a mount namespace of its own, mounts a
+fresh tmpfs, makes what it needs there and remounts it read-only; the mount ends with the
+child, whatever happens to the test.  /proc and sysfs are the system's own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from children import in_child
+from conftest import linux_only, needs_root, open_fds, skip_or_fail
+
+import toil_threading
+from toil_threading._protocol import DEAD
+
+pytestmark = linux_only
+
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_REMOUNT, _MS_REC, _MS_PRIVATE = 0x1, 0x20, 0x4000, 0x40000
+
+
+def _mount(source: str | None, target: str, kind: str | None, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    encoded = [None if text is None else text.encode() for text in (source, target, kind)]
+    if libc.mount(*encoded, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def _private_tmpfs(mount_point: Path) -> None:
+    """In a forked child: a mount namespace of its own (nothing it mounts is seen outside)
+    and a fresh tmpfs at mount_point."""
+    if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    _mount("tmpfs", str(mount_point), "tmpfs", 0)
+
+
+def remount_read_only(mount_point: Path) -> None:
+    _mount(None, str(mount_point), None, _MS_REMOUNT | _MS_RDONLY)
+    # It is read-only now: nothing can be made there.
+    with pytest.raises(OSError) as refused:
+        os.mkdir(mount_point / "probe")
+    assert refused.value.errno == errno.EROFS
+
+
+@pytest.fixture(scope="module")
+def can_mount(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip (or fail, where every test must run) without root or mount namespaces."""
+    needs_root()
+    mount_point = tmp_path_factory.mktemp("can-mount")
+
+    def try_it() -> str:
+        try:
+            _private_tmpfs(mount_point)
+        except OSError as error:
+            return str(error)
+        return ""
+
+    reason = in_child(try_it)
+    if reason:
+        skip_or_fail(f"cannot mount a tmpfs in a mount namespace of its own here: {reason}")
+
+
+@pytest.fixture
+def mount_point(can_mount: None, tmp_path: Path) -> Path:
+    point = tmp_path / "mounted"
+    point.mkdir()
+    return point
+
+
+def on_tmpfs(mount_point: Path, body: Callable[[], object]) -> Any:
+    """body's result, run in a forked child on a fresh tmpfs of its own at mount_point."""
+
+    def run() -> object:
+        _private_tmpfs(mount_point)
+        return body()
+
+    return in_child(run, timeout=60)
+
+
+def test_a_dead_name_on_a_read_only_mount_reads_dead(core: str, mount_point: Path) -> None:
+    """A process takes a name and dies without cleaning up; the filesystem is remounted
+    read-only; asking about the name answers False (the file cannot be removed: that is
+    nobody's error), leaves the file and leaks no descriptor."""
+
+    def body() -> object:
+        dead = in_child(lambda: toil_threading.get_process_name(mount_point))
+        remount_read_only(mount_point)
+        before = open_fds()
+        exists = toil_threading.process_name_exists(mount_point, dead)
+        return exists, os.listdir(mount_point) == [dead], open_fds() - before
+
+    assert on_tmpfs(mount_point, body) == (False, True, set())
+
+
+def test_dead_members_on_a_read_only_mount_read_dead(core: str, mount_point: Path) -> None:
+    """Two members enter an arena and die inside; the filesystem is remounted read-only; a
+    scan of the members, asked to remove the dead ones as leaving does, and one that only
+    looks, both tell each member dead, remove nothing and raise nothing."""
+
+    def body() -> object:
+        def enter_and_die() -> str | None:
+            arena = toil_threading.LastProcessStandingArena(mount_point, "pool")
+            arena.enter(timeout=10)
+            return arena.lockfileName
+
+        dead = sorted(in_child(enter_and_die) for _ in range(2))
+        remount_read_only(mount_point)
+        core_module = toil_threading._impl.core
+        before = open_fds()
+        members = core_module.Directory(str(mount_point / "pool-arena-members"))
+        try:
+            cleaning = sorted(core_module.scan(members, True, True))
+            looking = sorted(core_module.scan(members, False, False))
+        finally:
+            members.close()
+        left = sorted(os.listdir(mount_point / "pool-arena-members"))
+        return dead, cleaning, looking, left, open_fds() - before
+
+    dead, cleaning, looking, left, leaked = on_tmpfs(mount_point, body)
+    assert len(dead) == 2 and None not in dead
+    assert cleaning == looking == [(name, DEAD) for name in dead]
+    assert (left, leaked) == (dead, set())
