@@ -500,7 +500,8 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
-    flock works on any descriptor.
+    flock works on any descriptor.  A directory whose filesystem makes no files (/proc)
+    is an error at once.
     """
     cdef int flags = CREATE, tries = 0, fd, err
     cdef const char *c_name = name
@@ -514,8 +515,15 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
         if err == EINTR:
             check_signals()
         elif err == EACCES and flags != PROBE:
-            flags = WRITE if flags == CREATE else PROBE
-        elif err == ENOENT and flags != CREATE:
+            flags = PROBE if flags == WRITE else WRITE
+        elif err == ENOENT and flags == CREATE:
+            # Nothing to open and nothing made: a shared filesystem's stale cache entry,
+            # or a filesystem that makes no files; an exclusive create, which looks the
+            # name up past any cache, tells which.
+            flags = CLAIM
+        elif err == ENOENT and flags == CLAIM:
+            raise retry_module().cannot_create(dir_fd, directory, path)
+        elif err == ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
@@ -525,6 +533,8 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
         elif err == ENXIO or err == EISDIR:
             raise retry_module().not_a_regular_file(path, "a lock file", dir_fd, filename)
         elif vanished(err) or err == EEXIST:
+            if flags == CLAIM:
+                flags = CREATE  # made by another meanwhile: open that
             tries += 1
             retry_module().vanished(err, tries, deadline, dir_fd, directory, path)
         else:
@@ -847,7 +857,9 @@ cdef class Held:
                 if err == EINTR:
                     check_signals()
                     continue
-                if err != EEXIST and not vanished(err):
+                if err == ENOENT:  # an exclusive create looks past any cache
+                    raise retry_module().cannot_create(dir_fd, directory.path, directory.path)
+                if err != EEXIST and err != ESTALE:
                     raise retry_module().error(err, directory.path)
             else:
                 try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ import toil_threading
 from toil_threading._protocol import DEAD
 
 pytestmark = linux_only
+
+# How quickly a filesystem that refuses to make the lock file must be told (it used to
+# take about 10 s of retries).
+PROMPTLY = 2.0
 
 _CLONE_NEWNS = 0x00020000
 _MS_RDONLY, _MS_REMOUNT, _MS_REC, _MS_PRIVATE = 0x1, 0x20, 0x4000, 0x40000
@@ -133,3 +138,87 @@ def test_dead_members_on_a_read_only_mount_read_dead(core: str, mount_point: Pat
     assert len(dead) == 2 and None not in dead
     assert cleaning == looking == [(name, DEAD) for name in dead]
     assert (left, leaked) == (dead, set())
+
+
+def entered(mutex: Any) -> None:
+    with mutex:
+        pass
+
+
+# Each call that must make a file in base_dir, and the path its error names.
+MAKING: dict[str, tuple[Callable[[str], object], str]] = {
+    "global_mutex": (lambda base: entered(toil_threading.global_mutex(base, "m")), "toil-mutex-m"),
+    "get_process_name": (toil_threading.get_process_name, ""),
+    "arena-enter": (
+        lambda base: toil_threading.LastProcessStandingArena(base, "pool").enter(),
+        "toil-mutex-pool-arena-lock",
+    ),
+}
+
+
+def told(base_dir: str, call: str) -> tuple[str, int | None, str | None, float]:
+    """(exception type, errno, the path it names, seconds taken) for call in base_dir."""
+    started = time.monotonic()
+    try:
+        MAKING[call][0](base_dir)
+    except OSError as error:
+        return type(error).__name__, error.errno, error.filename, time.monotonic() - started
+    return "returned", None, None, time.monotonic() - started
+
+
+def named(base_dir: str, call: str) -> str:
+    leaf = MAKING[call][1]
+    return f"{base_dir}/{leaf}" if leaf else base_dir
+
+
+@pytest.mark.parametrize("call", sorted(MAKING))
+def test_a_read_only_mount_fails_at_once_naming_the_path(
+    core: str, mount_point: Path, call: str
+) -> None:
+    """On a read-only tmpfs, making a mutex, a name or an arena membership fails the first
+    time with EROFS naming the file or directory, leaks no descriptor and makes nothing."""
+
+    def body() -> object:
+        remount_read_only(mount_point)
+        before = open_fds()
+        outcome = told(str(mount_point), call)
+        return outcome, open_fds() - before, os.listdir(mount_point)
+
+    (kind, err, path, seconds), leaked, made = on_tmpfs(mount_point, body)
+    assert (kind, err, path) == ("OSError", errno.EROFS, named(str(mount_point), call))
+    assert seconds < PROMPTLY
+    assert (leaked, made) == (set(), [])
+
+
+# Filesystems that make no files, by their statfs(2) numbers.
+PSEUDO_FILESYSTEMS = {"/proc": 0x9FA0, "/sys": 0x62656572}
+
+
+@pytest.mark.parametrize("call", sorted(MAKING))
+@pytest.mark.parametrize("base_dir", sorted(PSEUDO_FILESYSTEMS))
+def test_a_filesystem_that_makes_no_files_fails_at_once(
+    core: str, base_dir: str, call: str, no_fd_leak: None
+) -> None:
+    """/proc refuses to create with ENOENT, sysfs with EACCES: either way the first try
+    fails, naming the file (or for a name, the directory), instead of retrying for ten
+    seconds as if a shared filesystem's cache had lied."""
+    try:
+        magic = toil_threading._impl.core.fs_magic(base_dir)
+    except OSError:
+        magic = None
+    if magic != PSEUDO_FILESYSTEMS[base_dir]:
+        pytest.skip(f"{base_dir} is not the usual pseudo-filesystem here")
+    kind, err, path, seconds = told(base_dir, call)
+    refusals = (errno.ENOENT,) if base_dir == "/proc" else (errno.EACCES, errno.EPERM, errno.EROFS)
+    assert err in refusals, (kind, err, path)
+    assert path == named(base_dir, call)
+    assert seconds < PROMPTLY
+
+
+def test_proc_says_why_it_cannot_hold_a_mutex(core: str) -> None:
+    with pytest.raises(FileNotFoundError) as refused:
+        entered(toil_threading.global_mutex("/proc", "m"))
+    assert str(refused.value) == (
+        "[Errno 2] cannot create a file there: the directory exists, but its filesystem"
+        " makes no files: '/proc/toil-mutex-m'"
+    )

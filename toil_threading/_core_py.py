@@ -367,7 +367,8 @@ def _open_lock_file(
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
-    flock works on any descriptor.
+    flock works on any descriptor.  A directory whose filesystem makes no files (/proc)
+    is an error at once.
     """
     flags = _CREATE
     tries = 0
@@ -378,8 +379,15 @@ def _open_lock_file(
             err = error.errno or errno.EIO
         path = f"{directory.path}/{name}"
         if err == errno.EACCES and flags != _PROBE:
-            flags = _WRITE if flags == _CREATE else _PROBE
-        elif err == errno.ENOENT and flags != _CREATE:
+            flags = _PROBE if flags == _WRITE else _WRITE
+        elif err == errno.ENOENT and flags == _CREATE:
+            # Nothing to open and nothing made: a shared filesystem's stale cache entry,
+            # or a filesystem that makes no files; an exclusive create, which looks the
+            # name up past any cache, tells which.
+            flags = _CLAIM
+        elif err == errno.ENOENT and flags == _CLAIM:
+            raise _retry.cannot_create(directory.fd, directory.path, path)
+        elif err == errno.ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
@@ -389,6 +397,8 @@ def _open_lock_file(
         elif err in (errno.ENXIO, errno.EISDIR):
             raise _retry.not_a_regular_file(path, "a lock file", directory.fd, name)
         elif err in (*_VANISHED, errno.EEXIST):
+            if flags == _CLAIM:
+                flags = _CREATE  # made by another meanwhile: open that
             tries += 1
             _retry.vanished(err, tries, deadline, directory.fd, directory.path, path)
         else:
@@ -588,7 +598,11 @@ class Held:
                 fd = _open_into(self._fds, name, _CLAIM, NAME_FILE_MODE, directory.fd)
             except OSError as error:
                 err = error.errno or errno.EIO
-                if err != errno.EEXIST and err not in _VANISHED:
+                if err == errno.ENOENT:  # an exclusive create looks past any cache
+                    raise _retry.cannot_create(
+                        directory.fd, directory.path, directory.path
+                    ) from None
+                if err not in (errno.EEXIST, errno.ESTALE):
                     raise _retry.error(err, directory.path) from None
             else:
                 try:
