@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 from children import in_child
-from conftest import linux_only, needs_root, open_fds, skip_or_fail
+from conftest import linux_only, needs_root, open_fds, python_with_core, skip_or_fail
 
 import toil_threading
 from toil_threading._protocol import DEAD
@@ -222,3 +225,71 @@ def test_proc_says_why_it_cannot_hold_a_mutex(core: str) -> None:
         "[Errno 2] cannot create a file there: the directory exists, but its filesystem"
         " makes no files: '/proc/toil-mutex-m'"
     )
+
+
+# Works in a directory whose absolute path is longer than PATH_MAX, through relative
+# paths, and says what each step found.
+DEEP = r"""
+import errno, json, os, sys, toil_threading
+root = sys.argv[1]
+os.chdir(root)
+component = "d" * 250
+for _ in range(20):  # 20 * 251 bytes: past PATH_MAX (4096)
+    os.mkdir(component)
+    os.chdir(component)
+found = {}
+try:
+    os.stat(root + ("/" + component) * 20)
+except OSError as error:
+    found["absolute path refused"] = errno.errorcode[error.errno]
+os.mkdir("base")
+with toil_threading.global_mutex("base", "m"):
+    found["mutex file while held"] = os.listdir("base")
+with toil_threading.global_mutex(".", "m"):
+    found["mutex in . while held"] = "toil-mutex-m" in os.listdir(".")
+name = toil_threading.get_process_name("base")
+found["own name alive"] = toil_threading.process_name_exists("base", name)
+read_end, write_end = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(write_end, toil_threading.get_process_name("base").encode())
+    os._exit(0)
+os.close(write_end)
+dead = os.read(read_end, 100).decode()
+os.waitpid(child, 0)
+found["dead name alive"] = toil_threading.process_name_exists("base", dead)
+found["dead name's file left"] = os.path.exists(os.path.join("base", dead))
+arena = toil_threading.LastProcessStandingArena("base", "pool")
+arena.enter(timeout=10)
+found["members"] = os.listdir("base/pool-arena-members") == [arena.lockfileName]
+found["cleanups"] = len(list(arena.leave()))
+toil_threading.destroy_all_process_names()
+found["left"] = os.listdir("base") + [entry for entry in os.listdir(".") if entry != "base"]
+print(json.dumps(found))
+"""
+
+
+def test_a_working_directory_deeper_than_path_max(core: str, tmp_path: Path) -> None:
+    """With the working directory 5,000 bytes deep (its absolute path refused with
+    ENAMETOOLONG) and a relative base_dir, a fresh process takes mutexes (in "base" and
+    in "."), names (its own alive, a dead one's dead and removed) and an arena membership
+    (cleaned up by the last one out), and leaves nothing behind."""
+    code = f"import sys\nsys.argv[1:] = [{str(tmp_path / 'deep')!r}]\n" + DEEP
+    (tmp_path / "deep").mkdir()
+    try:
+        child = python_with_core(core, code, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = child.communicate(timeout=60)
+    finally:
+        shutil.rmtree(tmp_path / "deep")
+    assert child.returncode == 0, err
+    assert json.loads(out) == {
+        "absolute path refused": "ENAMETOOLONG",
+        "mutex file while held": ["toil-mutex-m"],
+        "mutex in . while held": True,
+        "own name alive": True,
+        "dead name alive": False,
+        "dead name's file left": False,
+        "members": True,
+        "cleanups": 1,
+        "left": [],
+    }
