@@ -65,6 +65,7 @@ cdef extern from "<fcntl.h>" nogil:
         O_DIRECTORY
         AT_FDCWD
         AT_SYMLINK_NOFOLLOW
+        AT_REMOVEDIR
         F_RDLCK
         F_WRLCK
         F_UNLCK
@@ -248,10 +249,12 @@ cdef class Directory:
     Without parent, path is opened with its last component not followed (a symbolic link
     there is followed only where its owner is trusted: see _retry.open_linked_directory);
     with parent, path is one entry of parent, created first with mode when mode >= 0,
-    never followed.  follow opens path as the kernel resolves it, links and all.
+    never followed.  follow opens path as the kernel resolves it, links and all.  created
+    says whether this call made the directory.
     """
     cdef readonly int fd
     cdef readonly str path
+    cdef readonly bint created
 
     def __cinit__(self):
         self.fd = -1
@@ -260,7 +263,7 @@ cdef class Directory:
         cdef bytes name
         cdef const char *c_name
         cdef int at = AT_FDCWD, flags = DIRECTORY if follow else DIRECTORY | O_NOFOLLOW
-        cdef int made = 0, make_err = 0, err = 0
+        cdef int make_err = 0, err = 0
         if parent is None:
             path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
             self.path = path
@@ -270,12 +273,19 @@ cdef class Directory:
         name = encoded(path)
         c_name = name
         with nogil:
-            if mode >= 0 and mkdirat(at, c_name, mode) != 0:
-                made, make_err = -1, errno
-            if made == 0 or make_err == EEXIST:
+            if mode >= 0:
+                if mkdirat(at, c_name, mode) == 0:
+                    self.created = True
+                else:
+                    make_err = errno
+            if make_err == 0 or make_err == EEXIST:
                 self.fd = openat(at, c_name, flags)
                 err = errno
-        if made != 0 and make_err != EEXIST:
+                if self.fd < 0 and self.created:
+                    # Made a moment ago but not opened (out of descriptors, say): removed
+                    # again by rmdir, which removes only an empty directory.
+                    unlinkat(at, c_name, AT_REMOVEDIR)
+        if make_err != 0 and make_err != EEXIST:
             raise retry_module().error(make_err, self.path)
         if self.fd >= 0:
             return

@@ -8,14 +8,16 @@ child, whatever happens to the test.  /proc and sysfs are the system's own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,109 @@ def test_a_working_directory_deeper_than_path_max(core: str, tmp_path: Path) -> 
         "cleanups": 1,
         "left": [],
     }
+
+
+@contextlib.contextmanager
+def descriptors_limited(more: int) -> Iterator[None]:
+    """Let this process open exactly `more` descriptors beyond those it has: every number
+    below the new limit but the top `more` is taken (gaps filled with /dev/null)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
+    try:
+        top = max(map(int, os.listdir("/proc/self/fd"))) + 1
+        for number in range(top):
+            try:
+                os.fstat(number)
+            except OSError:
+                fillers.append(os.dup2(fillers[0], number, inheritable=False))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + more, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    finally:
+        for number in fillers:
+            os.close(number)
+
+
+# What an arena entry opens in turn, and the path its error names once out of descriptors.
+ENTRY_OPENS = {
+    "base-directory": "",
+    "arena-mutex": "/toil-mutex-pool-arena-lock",
+    "members-directory": "/pool-arena-members",
+    "member-file": "/pool-arena-members",
+}
+
+
+@pytest.mark.parametrize(
+    ("failing", "premade"),
+    [(failing, False) for failing in ENTRY_OPENS]
+    + [("members-directory", True), ("member-file", True)],
+    ids=lambda value: {False: "fresh", True: "members-directory-premade"}.get(value, value),
+)
+def test_an_entry_out_of_descriptors_leaves_nothing_behind(
+    core: str, shm_dir: Path, failing: str, premade: bool
+) -> None:
+    """An arena entry that hits EMFILE at one of its opens raises it, naming the path, and
+    leaves the arena as it found it: a members directory it made is removed (one that was
+    there before stays), the arena's mutex is free (the next entry gets in), and no
+    descriptor is left open."""
+    members_dir = shm_dir / "pool-arena-members"
+
+    def body() -> object:
+        arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
+        arena.enter(timeout=10)  # the filesystem met and every module loaded, before the limit
+        assert list(arena.leave()) == [True]
+        if premade:
+            members_dir.mkdir()
+        before = open_fds()
+        with descriptors_limited(list(ENTRY_OPENS).index(failing)):
+            try:
+                arena.enter(timeout=10)
+                outcome: tuple[object, ...] = ("entered",)
+            except OSError as error:
+                outcome = (error.errno, str(error))
+        leaked = open_fds() - before
+        left = sorted(os.listdir(shm_dir))
+        arena.enter(timeout=10)
+        return outcome, arena.lockfileName is not None, leaked, left, list(arena.leave())
+
+    outcome, got_in, leaked, left, cleanups = in_child(body)
+    path = f"{shm_dir}{ENTRY_OPENS[failing]}"
+    assert outcome == (errno.EMFILE, f"[Errno {errno.EMFILE}] Too many open files: '{path}'")
+    assert leaked == set()
+    assert left == (["pool-arena-members"] if premade else [])
+    assert (got_in, cleanups) == (True, [True])
+
+
+def test_an_entry_whose_member_cannot_be_locked_leaves_nothing_behind(
+    core: str, shm_dir: Path, faultlib: str
+) -> None:
+    """flock fails (ENOMEM, injected) on the member file: the entry raises it, and removes
+    the member file and the members directory it made; the arena's mutex is free."""
+    code = f"""
+import json, os
+base = {str(shm_dir)!r}
+arena = toil_threading.LastProcessStandingArena(base, "pool")
+try:
+    arena.enter(timeout=10)
+    print(json.dumps(["entered"]))
+except OSError as error:
+    print(json.dumps([error.errno, error.filename, sorted(os.listdir(base))]))
+"""
+    env = {
+        "LD_PRELOAD": faultlib,
+        "FAULT_FLOCK_PATH": f"{shm_dir}/pool-arena-members/",
+        "FAULT_FLOCK_ERRNO": str(errno.ENOMEM),
+        "FAULT_FLOCK_TIMES": "-1",
+    }
+    child = python_with_core(core, code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    err_number, path, left = json.loads(out)
+    assert err_number == errno.ENOMEM
+    assert path.startswith(f"{shm_dir}/pool-arena-members/tmp"), path
+    assert left == []
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
+    arena.enter(timeout=5)
+    assert list(arena.leave()) == [True]

@@ -130,11 +130,13 @@ class Directory:
     Without parent, path is opened with its last component not followed (a symbolic link
     there is followed only where its owner is trusted: see _retry.open_linked_directory);
     with parent, path is one entry of parent, created first with mode when mode >= 0,
-    never followed.  follow opens path as the kernel resolves it, links and all.
+    never followed.  follow opens path as the kernel resolves it, links and all.  created
+    says whether this call made the directory.
     """
 
-    __slots__ = ("_fds", "path")
+    __slots__ = ("_fds", "created", "path")
     path: str
+    created: bool
 
     def __init__(
         self, path: str, parent: "Directory | None" = None, mode: int = -1, follow: bool = False
@@ -144,9 +146,11 @@ class Directory:
             path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
         self.path = path if parent is None else f"{parent.path}/{path}"
         at = WORKING_DIRECTORY if parent is None else parent.fd
+        self.created = False
         if mode >= 0:
             try:
                 os.mkdir(path, mode, dir_fd=at)
+                self.created = True
             except FileExistsError:
                 pass
             except OSError as error:
@@ -156,6 +160,13 @@ class Directory:
             _open_into(self._fds, path, flags, 0, at)
         except OSError as error:
             err = error.errno or errno.EIO
+            if self.created:
+                # Made a moment ago but not opened (out of descriptors, say): removed
+                # again by rmdir, which removes only an empty directory.
+                try:
+                    os.rmdir(path, dir_fd=at)
+                except OSError:
+                    pass
             if parent is not None or follow or err not in (errno.ENOTDIR, errno.ELOOP):
                 raise _retry.directory_error(err, self.path, at, path) from None
             self._fds.append(_Holder.fromfd(_retry.open_linked_directory(path)))
