@@ -50,6 +50,7 @@ cdef extern from "<errno.h>" nogil:
         ENXIO
         EISDIR
         EBADF
+        EROFS
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags, ...)
@@ -66,6 +67,7 @@ cdef extern from "<fcntl.h>" nogil:
         O_DIRECTORY
         AT_FDCWD
         AT_SYMLINK_NOFOLLOW
+        AT_REMOVEDIR
         F_RDLCK
         F_WRLCK
         F_UNLCK
@@ -205,6 +207,12 @@ cdef inline bint vanished(int err) noexcept nogil:
     return err == ENOENT or err == ESTALE
 
 
+cdef inline bint removal_refused(int err) noexcept nogil:
+    """An unlink refused for a reason that is not the caller's error: another user's file
+    in a sticky directory (EPERM, EACCES), or a read-only filesystem (EROFS)."""
+    return err == EPERM or err == EACCES or err == EROFS
+
+
 # Where the file-system encoding is UTF-8 (nearly everywhere), a str's cached UTF-8 form
 # is its encoding: no work at all for most paths.
 cdef bint UTF8_PATHS = (
@@ -243,10 +251,12 @@ cdef class Directory:
     Without parent, path is opened with its last component not followed (a symbolic link
     there is followed only where its owner is trusted: see _retry.open_linked_directory);
     with parent, path is one entry of parent, created first with mode when mode >= 0,
-    never followed.  follow opens path as the kernel resolves it, links and all.
+    never followed.  follow opens path as the kernel resolves it, links and all.  created
+    says whether this call made the directory.
     """
     cdef readonly int fd
     cdef readonly str path
+    cdef readonly bint created
 
     def __cinit__(self):
         self.fd = -1
@@ -255,7 +265,7 @@ cdef class Directory:
         cdef bytes name
         cdef const char *c_name
         cdef int at = AT_FDCWD, flags = DIRECTORY if follow else DIRECTORY | O_NOFOLLOW
-        cdef int made = 0, make_err = 0, err = 0
+        cdef int make_err = 0, err = 0
         if parent is None:
             path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
             self.path = path
@@ -265,12 +275,19 @@ cdef class Directory:
         name = encoded(path)
         c_name = name
         with nogil:
-            if mode >= 0 and mkdirat(at, c_name, mode) != 0:
-                made, make_err = -1, errno
-            if made == 0 or make_err == EEXIST:
+            if mode >= 0:
+                if mkdirat(at, c_name, mode) == 0:
+                    self.created = True
+                else:
+                    make_err = errno
+            if make_err == 0 or make_err == EEXIST:
                 self.fd = openat(at, c_name, flags)
                 err = errno
-        if made != 0 and make_err != EEXIST:
+                if self.fd < 0 and self.created:
+                    # Made a moment ago but not opened (out of descriptors, say): removed
+                    # again by rmdir, which removes only an empty directory.
+                    unlinkat(at, c_name, AT_REMOVEDIR)
+        if make_err != 0 and make_err != EEXIST:
             raise retry_module().error(make_err, self.path)
         if self.fd >= 0:
             return
@@ -495,7 +512,8 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
-    flock works on any descriptor.
+    flock works on any descriptor.  A directory whose filesystem makes no files (/proc)
+    is an error at once.
     """
     cdef int flags = CREATE, tries = 0, fd, err
     cdef const char *c_name = name
@@ -509,8 +527,15 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
         if err == EINTR:
             check_signals()
         elif err == EACCES and flags != PROBE:
-            flags = WRITE if flags == CREATE else PROBE
-        elif err == ENOENT and flags != CREATE:
+            flags = PROBE if flags == WRITE else WRITE
+        elif err == ENOENT and flags == CREATE:
+            # Nothing to open and nothing made: a shared filesystem's stale cache entry,
+            # or a filesystem that makes no files; an exclusive create, which looks the
+            # name up past any cache, tells which.
+            flags = CLAIM
+        elif err == ENOENT and flags == CLAIM:
+            raise retry_module().cannot_create(dir_fd, directory, path)
+        elif err == ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
@@ -520,6 +545,8 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
         elif err == ENXIO or err == EISDIR:
             raise retry_module().not_a_regular_file(path, "a lock file", dir_fd, filename)
         elif vanished(err) or err == EEXIST:
+            if flags == CLAIM:
+                flags = CREATE  # made by another meanwhile: open that
             tries += 1
             retry_module().vanished(err, tries, deadline, dir_fd, directory, path)
         else:
@@ -597,7 +624,7 @@ cdef int release_at(
     if not (err or unlink_err or failure or sameness != SAME):
         return 0
     shown = f"{directory}/{filename}"
-    if unlink_err == EPERM or unlink_err == EACCES:
+    if removal_refused(unlink_err):
         retry_module().kept(shown, unlink_err)
         unlink_err = 0
     elif vanished(unlink_err):
@@ -842,7 +869,9 @@ cdef class Held:
                 if err == EINTR:
                     check_signals()
                     continue
-                if err != EEXIST and not vanished(err):
+                if err == ENOENT:  # an exclusive create looks past any cache
+                    raise retry_module().cannot_create(dir_fd, directory.path, directory.path)
+                if err != EEXIST and err != ESTALE:
                     raise retry_module().error(err, directory.path)
             else:
                 try:
@@ -999,7 +1028,7 @@ cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) e
             if err:
                 raise retry_module().error(err, shown)
             if sameness == SAME:
-                if unlink_err == EPERM or unlink_err == EACCES:
+                if removal_refused(unlink_err):
                     return DEAD
                 if unlink_err and not vanished(unlink_err):
                     raise retry_module().error(unlink_err, shown)

@@ -319,6 +319,25 @@ OTHER_ROWS = [
         "never-entered",
         lambda s: lambda: list(toil_threading.LastProcessStandingArena(s.dir, "a").leave()),
     ),
+    # A directory whose filesystem makes no files (/proc): refused at once, in one wording.
+    Row(
+        "global_mutex",
+        "other",
+        "proc",
+        lambda s: lambda: entered(toil_threading.global_mutex("/proc", "m")),
+    ),
+    Row(
+        "get_process_name",
+        "other",
+        "proc",
+        lambda s: lambda: toil_threading.get_process_name("/proc"),
+    ),
+    Row(
+        "LastProcessStandingArena.enter",
+        "other",
+        "proc",
+        lambda s: lambda: arena_enter("/proc", "a"),
+    ),
 ]
 
 

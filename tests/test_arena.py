@@ -13,6 +13,7 @@ from conftest import current_umask, python_with_core
 from workers import ARENA_MEMBER, HAMMER, expect_line, kill_all, report, start
 
 import toil_threading
+from toil_threading import _arena
 
 
 @pytest.mark.parametrize("members,rounds", [(8, 40)])
@@ -157,6 +158,25 @@ def test_unremovable_members_dir_is_a_warning(
         assert list(arena.leave()) == [True]
     assert any("could not remove" in record.getMessage() for record in caplog.records)
     assert os.listdir(shm_dir / "pool-arena-members") == [".keep"]
+
+
+def test_an_interrupted_entry_removes_the_members_directory_it_made(
+    core: str, shm_dir: Path, no_fd_leak: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the entry made the members directory, before its member's claim: the
+    directory goes again, the arena's mutex is free, no descriptor stays open."""
+
+    def interrupted(members: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_arena, "_keep_members_apart", interrupted)
+    arena = toil_threading.LastProcessStandingArena(shm_dir, "pool")
+    with pytest.raises(KeyboardInterrupt):
+        arena.enter()
+    assert (os.listdir(shm_dir), arena.lockfileFD) == ([], None)
+    monkeypatch.undo()
+    arena.enter(timeout=5)
+    assert list(arena.leave()) == [True]
 
 
 def test_missing_base_dir_is_a_clear_error(core: str, tmp_path: Path, no_fd_leak: None) -> None:

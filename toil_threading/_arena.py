@@ -73,8 +73,20 @@ class LastProcessStandingArena:
                 members = _impl.core.Directory(
                     self.name + ARENA_MEMBERS_SUFFIX, base, MEMBERS_DIRECTORY_MODE
                 )
-                _keep_members_apart(members)
-                self._member = _impl.core.Held(members)
+                try:
+                    _keep_members_apart(members)
+                    self._member = _impl.core.Held(members)
+                except BaseException:
+                    # Nobody else entered meanwhile (the mutex is ours): a members
+                    # directory this entry made goes again, quietly where it cannot (a
+                    # member file an interrupt left there is a dead member, for later).
+                    if members.created:
+                        try:
+                            _remove_if_ours(base, members)
+                        except OSError:
+                            pass
+                    members.close()
+                    raise
         except BaseException:
             if self.lockfileFD is None:
                 base.close()
@@ -153,16 +165,21 @@ def _anyone_alive(members: "Directory") -> bool:
 
 
 def _remove_members_directory(base: "Directory", members: "Directory") -> None:
-    """Remove the members directory after the cleanup, if the entry at its name is still
-    the directory we held open (device and inode)."""
-    name = os.path.basename(members.path)
+    """Remove the members directory after the cleanup (see _remove_if_ours); what
+    prevents it is a warning."""
     try:
-        found = os.stat(name, dir_fd=base.fd, follow_symlinks=False)
-        held = os.fstat(members.fd)
-        if (found.st_dev, found.st_ino) != (held.st_dev, held.st_ino):
-            return  # another directory took its name: not ours to remove
-        os.rmdir(name, dir_fd=base.fd)
+        _remove_if_ours(base, members)
     except FileNotFoundError:
         pass
     except OSError as error:
         _retry.log(30, "could not remove the arena directory %s: %s", members.path, error)
+
+
+def _remove_if_ours(base: "Directory", members: "Directory") -> None:
+    """Remove the members directory if the entry at its name is still the directory held
+    open (device and inode) and it is empty (rmdir removes nothing else)."""
+    name = os.path.basename(members.path)
+    found = os.stat(name, dir_fd=base.fd, follow_symlinks=False)
+    held = os.fstat(members.fd)
+    if (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino):
+        os.rmdir(name, dir_fd=base.fd)  # else another directory took its name: not ours

@@ -62,7 +62,9 @@ else:
     from _functools import partial  # functools itself imports collections: slow
 
 _VANISHED = (errno.ENOENT, errno.ESTALE)
-_REFUSED_UNLINK = (errno.EPERM, errno.EACCES)
+# An unlink refused for a reason that is not the caller's error: another user's file in a
+# sticky directory (EPERM, EACCES), or a read-only filesystem (EROFS).
+_REFUSED_UNLINK = (errno.EPERM, errno.EACCES, errno.EROFS)
 _COMMON = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 # Read and write: a waiter announces itself with a read lock (see announce_waiting).
 _CREATE = os.O_CREAT | os.O_RDWR | _COMMON
@@ -135,11 +137,13 @@ class Directory:
     Without parent, path is opened with its last component not followed (a symbolic link
     there is followed only where its owner is trusted: see _retry.open_linked_directory);
     with parent, path is one entry of parent, created first with mode when mode >= 0,
-    never followed.  follow opens path as the kernel resolves it, links and all.
+    never followed.  follow opens path as the kernel resolves it, links and all.  created
+    says whether this call made the directory.
     """
 
-    __slots__ = ("_fds", "path")
+    __slots__ = ("_fds", "created", "path")
     path: str
+    created: bool
 
     def __init__(
         self, path: str, parent: "Directory | None" = None, mode: int = -1, follow: bool = False
@@ -149,9 +153,11 @@ class Directory:
             path = path.rstrip("/") or "/"  # a trailing slash would follow a link there
         self.path = path if parent is None else f"{parent.path}/{path}"
         at = WORKING_DIRECTORY if parent is None else parent.fd
+        self.created = False
         if mode >= 0:
             try:
                 os.mkdir(path, mode, dir_fd=at)
+                self.created = True
             except FileExistsError:
                 pass
             except OSError as error:
@@ -161,6 +167,13 @@ class Directory:
             _open_into(self._fds, path, flags, 0, at)
         except OSError as error:
             err = error.errno or errno.EIO
+            if self.created:
+                # Made a moment ago but not opened (out of descriptors, say): removed
+                # again by rmdir, which removes only an empty directory.
+                try:
+                    os.rmdir(path, dir_fd=at)
+                except OSError:
+                    pass
             if parent is not None or follow or err not in (errno.ENOTDIR, errno.ELOOP):
                 raise _retry.directory_error(err, self.path, at, path) from None
             self._fds.append(_Holder.fromfd(_retry.open_linked_directory(path)))
@@ -372,7 +385,8 @@ def _open_lock_file(
 
     Another user's file that we may not write is opened read-only, without O_CREAT
     (kernels with fs.protected_regular refuse O_CREAT on it in a sticky directory):
-    flock works on any descriptor.
+    flock works on any descriptor.  A directory whose filesystem makes no files (/proc)
+    is an error at once.
     """
     flags = _CREATE
     tries = 0
@@ -383,8 +397,15 @@ def _open_lock_file(
             err = error.errno or errno.EIO
         path = f"{directory.path}/{name}"
         if err == errno.EACCES and flags != _PROBE:
-            flags = _WRITE if flags == _CREATE else _PROBE
-        elif err == errno.ENOENT and flags != _CREATE:
+            flags = _PROBE if flags == _WRITE else _WRITE
+        elif err == errno.ENOENT and flags == _CREATE:
+            # Nothing to open and nothing made: a shared filesystem's stale cache entry,
+            # or a filesystem that makes no files; an exclusive create, which looks the
+            # name up past any cache, tells which.
+            flags = _CLAIM
+        elif err == errno.ENOENT and flags == _CLAIM:
+            raise _retry.cannot_create(directory.fd, directory.path, path)
+        elif err == errno.ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
@@ -394,6 +415,8 @@ def _open_lock_file(
         elif err in (errno.ENXIO, errno.EISDIR):
             raise _retry.not_a_regular_file(path, "a lock file", directory.fd, name)
         elif err in (*_VANISHED, errno.EEXIST):
+            if flags == _CLAIM:
+                flags = _CREATE  # made by another meanwhile: open that
             tries += 1
             _retry.vanished(err, tries, deadline, directory.fd, directory.path, path)
         else:
@@ -593,7 +616,11 @@ class Held:
                 fd = _open_into(self._fds, name, _CLAIM, NAME_FILE_MODE, directory.fd)
             except OSError as error:
                 err = error.errno or errno.EIO
-                if err != errno.EEXIST and err not in _VANISHED:
+                if err == errno.ENOENT:  # an exclusive create looks past any cache
+                    raise _retry.cannot_create(
+                        directory.fd, directory.path, directory.path
+                    ) from None
+                if err not in (errno.EEXIST, errno.ESTALE):
                     raise _retry.error(err, directory.path) from None
             else:
                 try:

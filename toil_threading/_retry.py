@@ -202,16 +202,33 @@ def vanished(
     running out of tries or of time.
     """
     if err == errno.ENOENT:
-        try:
-            gone = os.fstat(dir_fd).st_nlink == 0
-        except OSError as missing:
-            raise error(missing.errno or err, directory) from None
-        if gone:
-            raise error(err, directory)
+        _fail_if_removed(dir_fd, directory)
     if tries >= VANISHED_TRIES or (deadline is not None and time.monotonic() >= deadline):
         raise error(err, path)
     if tries > 1:
         time.sleep(min(POLL_FIRST * (1 << min(tries - 2, 16)), VANISHED_PAUSE_CAP))
+
+
+def _fail_if_removed(dir_fd: int, directory: str) -> None:
+    """A FileNotFoundError naming directory (open at dir_fd) if it was removed."""
+    try:
+        gone = os.fstat(dir_fd).st_nlink == 0
+    except OSError as missing:
+        raise error(missing.errno or errno.ENOENT, directory) from None
+    if gone:
+        raise error(errno.ENOENT, directory)
+
+
+def cannot_create(dir_fd: int, directory: str, path: str) -> OSError:
+    """The error for ENOENT from an exclusive create of path in directory (open at dir_fd),
+    which looks the name up past any cache: the directory was removed (raised here, naming
+    it), or its filesystem makes no files, as /proc makes none."""
+    _fail_if_removed(dir_fd, directory)
+    return OSError(
+        errno.ENOENT,
+        "cannot create a file there: the directory exists, but its filesystem makes no files",
+        path,
+    )
 
 
 def lost(path: str, replaced: bool) -> None:
@@ -227,5 +244,6 @@ def lost(path: str, replaced: bool) -> None:
 
 
 def kept(path: str, err: int) -> None:
-    """Our lock file could not be unlinked (another user's, in a sticky directory)."""
+    """Our lock file could not be unlinked (another user's, in a sticky directory; or on a
+    read-only filesystem)."""
     log(10, "left %s in place: %s (the lock itself was released)", path, os.strerror(err))
