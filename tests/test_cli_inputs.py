@@ -16,10 +16,12 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from conftest import (
     needs_root,
     run_cli,
     skip_or_fail,
+    start_verify_holder,
 )
 
 from toil_threading import _cli
@@ -39,8 +42,9 @@ from toil_threading import _cli
 pytestmark = linux_only
 
 CORPUS = Path(__file__).with_name("data") / "cpu"
-# Exit status, as --help and the README document it.
-CLOSED_PIPE = 141
+SCRATCH = "toil-threading-verify"
+# Exit statuses, as --help and the README document them.
+NOT_JUDGED, INTERRUPTED, CLOSED_PIPE = 3, 130, 141
 # What a terminal acts on or reorders: control characters other than the newline that ends
 # each line, DEL, and the bidirectional marks, embeddings, overrides and isolates.
 STEERING = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
@@ -189,6 +193,17 @@ def test_fs_and_errors_show_the_path_escaped(core: str, shm_dir: Path) -> None:
     missing = shm_dir / "gone\x1b[2J"
     said = one_error_line(run_cli(core, "inspect", missing))
     assert said == f"{shm_dir}/gone\\x1b[2J: No such file or directory"
+
+
+def test_verify_shows_the_holders_host_escaped(core: str, shm_dir: Path) -> None:
+    # A record verify could have written, naming a host that steers the terminal; nobody
+    # holds its file, so the locks did not exclude: unsafe.
+    (shm_dir / SCRATCH).write_text(json.dumps(record(host="\x1b]0;owned\x07node\u202e")))
+    table = run_cli(core, "verify", shm_dir)
+    assert (table.returncode, table.stderr) == (1, "")
+    assert not STEERING.search(table.stdout)
+    assert table.stdout.splitlines()[0] == "holder        pid 1 on \\x1b]0;owned\\x07node\\u202e"
+    assert (shm_dir / SCRATCH).exists(), "verify removed a holder's file"
 
 
 # 2. and 3. JSON stays JSON; every error is one line on stderr, exit 2.
@@ -418,3 +433,121 @@ def test_inspect_works_in_a_working_directory_deeper_than_path_max(
         ("tmpdeadname", "removed")
     ]
     assert sorted(os.listdir(".")) == ["toil-mutex-deep"]
+
+
+# 4. verify: the scratch file is read strictly; --hold within bounds, removing only its own.
+
+
+def record(**changes: object) -> dict[str, object]:
+    """A record as `verify --hold` writes it, of a holder on another machine for a minute
+    from now, with changes."""
+    now = time.time()
+    return {
+        "host": "elsewhere",
+        "boot_id": "not-this-machine",
+        "pid": 1,
+        "since": now,
+        "until": now + 60,
+        "record_lock": False,
+        **changes,
+    }
+
+
+NOT_OURS: dict[str, Callable[[], bytes]] = {
+    "a list": lambda: b"[1]",
+    "a string": lambda: b'"x"',
+    "a list for a time": lambda: b'{"until": []}',
+    "NaN": lambda: json.dumps(record(until=float("nan"))).encode(),
+    "Infinity": lambda: json.dumps(record(since=float("-inf"))).encode(),
+    "a number too large": lambda: json.dumps(record()).replace('"pid": 1', '"pid": 1e999').encode(),
+    "a huge PID": lambda: json.dumps(record(pid=10**30)).encode(),
+    "a PID of true": lambda: json.dumps(record(pid=True)).encode(),
+    "a hold beyond a day": lambda: json.dumps(record(until=time.time() + 2 * 86400)).encode(),
+    "an ending before the start": lambda: json.dumps(record(until=1.0)).encode(),
+    "a key more": lambda: json.dumps(record(note="mine")).encode(),
+    "a key less": lambda: json.dumps(
+        {k: v for k, v in record().items() if k != "boot_id"}
+    ).encode(),
+    "someone's data": lambda: b"someone's data, not a lock\n",
+    "bytes not UTF-8": lambda: b"\xff\xfe{}",
+    "nothing (yet)": lambda: b"",
+    "too much": lambda: json.dumps(record(host="h" * 5000)).encode(),
+}
+
+
+@pytest.mark.parametrize("contents", list(NOT_OURS))
+def test_verify_leaves_a_file_it_did_not_write_alone(
+    core: str, shm_dir: Path, contents: str
+) -> None:
+    scratch = shm_dir / SCRATCH
+    scratch.write_bytes(NOT_OURS[contents]())
+    before = (scratch.read_bytes(), scratch.stat().st_ino)
+    for args in ((), ("--json",), ("--hold", "0.1"), ("--hold", "0.1", "--json")):
+        said = one_error_line(run_cli(core, "verify", shm_dir, *args))
+        assert said == (
+            f"{scratch} holds something verify did not write (or has not written yet): left alone"
+        )
+        assert (scratch.read_bytes(), scratch.stat().st_ino) == before
+    assert os.listdir(shm_dir) == [SCRATCH]
+
+
+@pytest.mark.parametrize("seconds", ["inf", "-inf", "nan", "1e309", "0", "-1", "86400.5"])
+def test_hold_takes_finite_positive_seconds_up_to_a_day(
+    core: str, shm_dir: Path, seconds: str
+) -> None:
+    said = one_error_line(run_cli(core, "verify", shm_dir, f"--hold={seconds}"))
+    assert said.startswith("--hold takes more than 0 and at most 86400 seconds (24 hours), not ")
+    assert os.listdir(shm_dir) == []
+
+
+def test_hold_removes_only_the_file_it_made(core: str, shm_dir: Path) -> None:
+    # While it holds, someone puts their own file at the scratch file's name.
+    holder = start_verify_holder(core, shm_dir, 1.5)
+    theirs = shm_dir / "theirs"
+    theirs.write_text("someone's data\n")
+    theirs.rename(shm_dir / SCRATCH)
+    _, err = holder.communicate(timeout=30)
+    assert holder.returncode == 0, err
+    assert (shm_dir / SCRATCH).read_text() == "someone's data\n"
+
+
+def test_a_holder_in_another_container_of_this_machine_cannot_judge(
+    core: str, shm_dir: Path
+) -> None:
+    # Another host name, but this kernel's boot id: the same machine, whose locks exclude
+    # between its processes whatever the filesystem does between machines.
+    with open("/proc/sys/kernel/random/boot_id") as boot_id:
+        ours = boot_id.read().strip()
+    scratch = shm_dir / SCRATCH
+    scratch.write_text(json.dumps(record(host=f"not-{socket.gethostname()}", boot_id=ours)))
+    with holding(scratch, ["holder", "600"]):
+        done = run_cli(core, "verify", "--json", shm_dir)
+        assert (done.returncode, done.stderr) == (NOT_JUDGED, "")
+        found = strict_json(done.stdout)
+        assert (found["same_host"], found["flock"], found["safe"]) == (True, True, None)
+        table = run_cli(core, "verify", shm_dir)
+        assert table.returncode == NOT_JUDGED
+        assert "safe          cannot tell on one machine\n" in table.stdout
+    # A holder on another machine whose lock held: safe.
+    scratch.write_text(json.dumps(record()))
+    with holding(scratch, ["holder", "600"]):
+        done = run_cli(core, "verify", "--json", shm_dir)
+        assert done.returncode == 0, done.stderr
+        assert strict_json(done.stdout)["safe"] is True
+
+
+def test_verify_on_a_missing_directory_says_so(core: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    for args in ((), ("--hold", "1")):
+        said = one_error_line(run_cli(core, "verify", missing, *args))
+        assert said == f"{missing}: No such file or directory"
+    assert not missing.exists()
+
+
+def test_interrupted_hold_removes_its_file_and_says_nothing_more(core: str, shm_dir: Path) -> None:
+    holder = start_verify_holder(core, shm_dir, 600)
+    holder.send_signal(signal.SIGINT)
+    out, err = holder.communicate(timeout=30)
+    assert holder.returncode == INTERRUPTED
+    assert out == "" and "Traceback" not in err
+    assert os.listdir(shm_dir) == []

@@ -36,6 +36,7 @@ COMMAND_WIDTH = 60
 OK = 0  # nothing held; a filesystem the package locks on; verify: safe
 FOUND = 1  # something held; a filesystem the package refuses; verify: unsafe
 ERROR = 2  # an error, or a usage error (as argparse exits)
+NOT_JUDGED = 3  # verify: every lock held, but the holder shares this machine
 INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 CLOSED_PIPE = 141  # stdout's reader went away: 128 + SIGPIPE, as a shell reports it
 
@@ -232,27 +233,25 @@ def _run_verify(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"held": holder})
         return OK
-    try:
-        found = _verify.check(args.directory)
-    except _verify.NoHolder as error:
-        raise RuntimeError(str(error)) from None
+    found = _verify.check(args.directory)
     if args.json:
         _print_json(found)
     else:
         holder = found["holder"]
         words = {True: "excludes", False: "does not exclude", None: "not tried"}
+        verdict = {True: "yes", False: "NO", None: "cannot tell on one machine"}
         _print_table(
             [
-                ("holder", f"pid {holder.get('pid')} on {holder.get('host')}"),
+                ("holder", f"pid {holder['pid']} on {holder['host']}"),
                 ("flock", f"{words[found['flock']]} across the two"),
                 ("record locks", f"{words[found['posix']]} across the two"),
                 ("strategy", found["strategy"]),
-                ("safe", "yes" if found["safe"] else "NO"),
+                ("safe", verdict[found["safe"]]),
             ]
         )
         if found["same_host"]:
             _say("(the holder runs on this machine: nothing was checked across machines)")
-    return OK if found["safe"] else FOUND
+    return {True: OK, False: FOUND, None: NOT_JUDGED}[found["safe"]]
 
 
 _DESCRIPTION = """\
@@ -277,7 +276,9 @@ exit status:
        (verify --hold: held to the end)
   1    inspect: something held; fs: the package refuses to lock there; verify: unsafe
   2    an error or a usage error (one line on stderr, under --json too); verify: no live
-       holder
+       holder, or something verify did not write at its scratch file's name (left alone)
+  3    verify: every lock held, but the holder is on this machine: nothing was checked
+       across machines
   130  interrupted (Ctrl-C)
   141  stdout's reader went away (a closed pipe: 128 + SIGPIPE): nothing more is said
 """
@@ -397,14 +398,20 @@ def _parser() -> argparse.ArgumentParser:
         description="On one machine, `verify DIR --hold SECONDS` holds both kinds of lock on a"
         " scratch file in DIR; on another, `verify DIR` tries to take each and says whether"
         " the holder kept it out, and whether the package's strategy for DIR is safe there."
-        " Exit 0 safe, 1 unsafe, 2 when no holder is found or on errors. Nothing is left"
-        " behind.",
+        " Exit 0 safe, 1 unsafe, 3 when every lock held but the holder runs on this machine"
+        " (one machine's locks exclude between its processes whatever the filesystem does"
+        " between machines: nothing was checked across machines), 2 when"
+        " there is no live holder, when something verify did not write is at the scratch"
+        " file's name (it is left alone), or on errors. Nothing is left behind.",
     )
     verify.add_argument(
         "directory", metavar="DIR", type=_path, help="a directory both machines share"
     )
     verify.add_argument(
-        "--hold", type=float, metavar="SECONDS", help="hold the locks for this long, then exit"
+        "--hold",
+        type=float,
+        metavar="SECONDS",
+        help="hold the locks for this long (more than 0, at most 86400: a day), then exit 0",
     )
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(run=_run_verify, parser=verify)
