@@ -3,15 +3,23 @@
 It looks into a coordination directory, explains cpu_count(), and says what the package
 does on a filesystem.  It goes through the facade, and through toil_threading._inspect
 for what only an operator needs, so it sees the files exactly as the library does.
+
+What it prints comes from disk and /proc, where anyone may have written anything: every
+line of a table goes through escaped(), every report through _print_json(), and every
+error through main's one path (a line on stderr, exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
 import sys
 
 import toil_threading
+from toil_threading import _checks
 from toil_threading._inspect import (
     HELD_STATES,
     MEMBER_STATES,
@@ -24,15 +32,69 @@ PROG = "toil-threading"
 # Longest command line shown in the table (--json gives it whole).
 COMMAND_WIDTH = 60
 
+# Exit statuses, as the epilog and the README list them.
+OK = 0  # nothing held; a filesystem the package locks on; verify: safe
+FOUND = 1  # something held; a filesystem the package refuses; verify: unsafe
+ERROR = 2  # an error, or a usage error (as argparse exits)
+NOT_JUDGED = 3  # verify: every lock held, but the holder shares this machine
+INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
+CLOSED_PIPE = 141  # stdout's reader went away: 128 + SIGPIPE, as a shell reports it
+
+# Shown escaped: the C0 and C1 controls and DEL (they move the cursor, retitle or clear a
+# terminal), the marks, embeddings, overrides and isolates that reorder bidirectional
+# text, the line and paragraph separators, lone surrogates (bytes that are not UTF-8, as
+# os.fsdecode keeps them), and the backslash itself, so that every escape reads one way.
+_UNSAFE = re.compile(
+    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def _escape(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    if code == 0x5C:
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:  # the byte os.fsdecode could not decode
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def escaped(text: str) -> str:
+    """text as a terminal can show it without being steered by it: see _UNSAFE."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _say(line: str) -> None:
+    print(escaped(line))
+
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
     """Print rows as columns aligned on their widest cell (the last column is not padded)."""
+    rows = [tuple(map(escaped, row)) for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [
             row[-1]
         ]
         print("  ".join(cells).rstrip())
+
+
+def _jsonable(value: object) -> object:
+    """value with every string valid Unicode (an undecodable byte as \\xNN, as the tables
+    show it) and every float finite (JSON has no NaN: None stands for one)."""
+    if isinstance(value, str):
+        return _SURROGATES.sub(_escape, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _print_json(report: object) -> None:
+    print(json.dumps(_jsonable(report), indent=2, allow_nan=False))
 
 
 def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
@@ -43,12 +105,15 @@ def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
     command = " ".join(" ".join(found.command).split()) if found.command else ""
     if len(command) > COMMAND_WIDTH:
         command = command[: COMMAND_WIDTH - 3] + "..."
-    return (kind, name, found.state, pid, command)
+    state = found.state
+    if found.not_removed:
+        state += f" (not removed: {found.not_removed})"
+    return (kind, name, state, pid, command)
 
 
 def _print_inspection(found: Inspection) -> None:
     if not (found.mutexes or found.arenas or found.names):
-        print(f"{found.directory}: no mutexes, arenas or process names")
+        _say(f"{found.directory}: no mutexes, arenas or process names")
         return
     rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATE", "PID", "COMMAND")]
     rows += [_lock_file_row("mutex", mutex.name, mutex) for mutex in found.mutexes]
@@ -85,10 +150,10 @@ def _inspection_json(found: Inspection) -> dict[str, object]:
 def _run_inspect(args: argparse.Namespace) -> int:
     found = inspect_directory(args.directory, args.clean)
     if args.json:
-        print(json.dumps(_inspection_json(found), indent=2))
+        _print_json(_inspection_json(found))
     else:
         _print_inspection(found)
-    return 1 if found.held else 0
+    return FOUND if found.held else OK
 
 
 def _run_cpus(args: argparse.Namespace) -> int:
@@ -111,10 +176,10 @@ def _run_cpus(args: argparse.Namespace) -> int:
             "sources": answer.sources,
             "limits": limits,
         }
-        print(json.dumps(report, indent=2))
+        _print_json(report)
     elif args.explain:
         plural = "CPU" if answer.count == 1 else "CPUs"
-        print(f"cpu_count: {answer.count} {plural}, decided by {answer.decided_by or 'no source'}")
+        _say(f"cpu_count: {answer.count} {plural}, decided by {answer.decided_by or 'no source'}")
         rows: list[tuple[str, ...]] = [("SOURCE", "CPUS", "DETAIL")]
         for limit in answer.limits:
             star = "*" if limit is decision else ""  # the row that decided
@@ -124,13 +189,13 @@ def _run_cpus(args: argparse.Namespace) -> int:
         _print_table(rows)
     else:
         print(answer.count)
-    return 0
+    return OK
 
 
 def _run_fs(args: argparse.Namespace) -> int:
     report = toil_threading.filesystem_report(args.path)
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        _print_json(report.as_dict())
     else:
         _print_table(
             [
@@ -145,7 +210,7 @@ def _run_fs(args: argparse.Namespace) -> int:
                 ("why", report.reason),
             ]
         )
-    return 1 if report.strategy == "refused" else 0
+    return FOUND if report.strategy == "refused" else OK
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -155,37 +220,38 @@ def _run_verify(args: argparse.Namespace) -> int:
 
         def say_held() -> None:
             print(
-                f"holding flock and a record lock on {args.directory}/{_verify.SCRATCH} for"
-                f" {args.hold:g} s; run `{PROG} verify {args.directory}` on another machine now",
+                escaped(
+                    f"holding flock and a record lock on {args.directory}/{_verify.SCRATCH} for"
+                    f" {args.hold:g} s; run `{PROG} verify {args.directory}` on another machine"
+                    " now"
+                ),
                 file=sys.stderr,
                 flush=True,
             )
 
         holder = _verify.hold(args.directory, args.hold, say_held)
         if args.json:
-            print(json.dumps({"held": holder}, indent=2))
-        return 0
-    try:
-        found = _verify.check(args.directory)
-    except _verify.NoHolder as error:
-        raise RuntimeError(str(error)) from None
+            _print_json({"held": holder})
+        return OK
+    found = _verify.check(args.directory)
     if args.json:
-        print(json.dumps(found, indent=2))
+        _print_json(found)
     else:
         holder = found["holder"]
         words = {True: "excludes", False: "does not exclude", None: "not tried"}
+        verdict = {True: "yes", False: "NO", None: "cannot tell on one machine"}
         _print_table(
             [
-                ("holder", f"pid {holder.get('pid')} on {holder.get('host')}"),
+                ("holder", f"pid {holder['pid']} on {holder['host']}"),
                 ("flock", f"{words[found['flock']]} across the two"),
                 ("record locks", f"{words[found['posix']]} across the two"),
                 ("strategy", found["strategy"]),
-                ("safe", "yes" if found["safe"] else "NO"),
+                ("safe", verdict[found["safe"]]),
             ]
         )
         if found["same_host"]:
-            print("(the holder runs on this machine: nothing was checked across machines)")
-    return 0 if found["safe"] else 1
+            _say("(the holder runs on this machine: nothing was checked across machines)")
+    return {True: OK, False: FOUND, None: NOT_JUDGED}[found["safe"]]
 
 
 _DESCRIPTION = """\
@@ -205,9 +271,26 @@ examples:
   toil-threading verify /scratch/shared --hold 60    # on one node, then on another:
   toil-threading verify /scratch/shared
 
-exit status: 0 for nothing held (inspect), a usable filesystem (fs) or a safe one
-(verify); 1 when something is held, the filesystem is refused or unsafe; 2 for errors.
+exit status:
+  0    inspect: nothing held; cpus: answered; fs: the package locks there; verify: safe
+       (verify --hold: held to the end)
+  1    inspect: something held; fs: the package refuses to lock there; verify: unsafe
+  2    an error or a usage error (one line on stderr, under --json too); verify: no live
+       holder, or something verify did not write at its scratch file's name (left alone)
+  3    verify: every lock held, but the holder is on this machine: nothing was checked
+       across machines
+  130  interrupted (Ctrl-C)
+  141  stdout's reader went away (a closed pipe: 128 + SIGPIPE): nothing more is said
 """
+
+
+def _path(value: str) -> str:
+    """A path argument, refused where the package's API refuses one (empty: "." is the
+    working directory)."""
+    try:
+        return _checks.directory(value, "the path")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class _ShowVersion(argparse.Action):
@@ -255,12 +338,15 @@ def _parser() -> argparse.ArgumentParser:
         "go at once, as the library itself does. Files this user may not open are shown as "
         "unknown. Exit 1 if anything is held, 0 if not.",
     )
-    inspect.add_argument("directory", metavar="DIR", help="the coordination directory (base_dir)")
+    inspect.add_argument(
+        "directory", metavar="DIR", type=_path, help="the coordination directory (base_dir)"
+    )
     inspect.add_argument(
         "--clean",
         action="store_true",
         help="remove the files of dead arena members and dead process names: only empty files"
-        " named as the package names them, never a mutex file or a file holding data",
+        " named as the package names them, never a mutex file or a file holding data; one it"
+        " cannot remove is listed with the reason, and the others are still removed",
     )
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_run_inspect, parser=inspect)
@@ -288,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
         "--root",
         default="/",
         metavar="DIR",
+        type=_path,
         help="explain a system captured under DIR (its proc/self, proc/sys/kernel/hostname,"
         " sys/devices/system/cpu/online, cgroup mounts and scheduler files) instead of this"
         " process",
@@ -301,7 +388,7 @@ def _parser() -> argparse.ArgumentParser:
         " flock and record locks exclude between machines there, and what the package does"
         " there. Exit 1 if the package refuses to lock there, 0 otherwise.",
     )
-    fs.add_argument("path", metavar="PATH")
+    fs.add_argument("path", metavar="PATH", type=_path)
     fs.add_argument("--json", action="store_true", help="print JSON")
     fs.set_defaults(run=_run_fs, parser=fs)
 
@@ -311,16 +398,37 @@ def _parser() -> argparse.ArgumentParser:
         description="On one machine, `verify DIR --hold SECONDS` holds both kinds of lock on a"
         " scratch file in DIR; on another, `verify DIR` tries to take each and says whether"
         " the holder kept it out, and whether the package's strategy for DIR is safe there."
-        " Exit 0 safe, 1 unsafe, 2 when no holder is found or on errors. Nothing is left"
-        " behind.",
+        " Exit 0 safe, 1 unsafe, 3 when every lock held but the holder runs on this machine"
+        " (one machine's locks exclude between its processes whatever the filesystem does"
+        " between machines: nothing was checked across machines), 2 when"
+        " there is no live holder, when something verify did not write is at the scratch"
+        " file's name (it is left alone), or on errors. Nothing is left behind.",
     )
-    verify.add_argument("directory", metavar="DIR", help="a directory both machines share")
     verify.add_argument(
-        "--hold", type=float, metavar="SECONDS", help="hold the locks for this long, then exit"
+        "directory", metavar="DIR", type=_path, help="a directory both machines share"
+    )
+    verify.add_argument(
+        "--hold",
+        type=float,
+        metavar="SECONDS",
+        help="hold the locks for this long (more than 0, at most 86400: a day), then exit 0",
     )
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(run=_run_verify, parser=verify)
     return parser
+
+
+def _let_stdout_go() -> None:
+    """Where stdout cannot take what waits to be written (its reader gone, its disk full),
+    point it at /dev/null, as Python's documentation advises for SIGPIPE: the
+    interpreter's own flush at exit then has nothing to complain of."""
+    try:
+        if sys.stdout is not None:  # None: started with stdout closed, nothing is written
+            sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,16 +436,23 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
+        return status
+    except BrokenPipeError:  # stdout's (or stderr's) reader went away: nobody to tell
+        _let_stdout_go()
+        return CLOSED_PIPE
+    except KeyboardInterrupt:
+        return INTERRUPTED
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         message = f"{where}{error.strerror or error}"
     except (RuntimeError, ValueError) as error:
         message = str(error)
-    except KeyboardInterrupt:
-        return 130
-    if getattr(args, "json", False):
-        print(json.dumps({"error": message}))
-    else:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    _let_stdout_go()
+    try:
+        print(f"{PROG}: error: {escaped(message)}", file=sys.stderr)
+    except OSError:
+        pass  # stderr is gone too: the exit status says it
+    return ERROR

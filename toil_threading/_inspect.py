@@ -3,7 +3,9 @@
 Every file is probed as the library itself probes it (a shared non-blocking lock, let go
 at once); the holders' PIDs come from /proc/locks.  Nothing is removed unless asked, and
 then only what the library's own probes would remove: empty, unlocked files named like
-process names or arena members.
+process names or arena members.  Names and command lines are kept as the system gave
+them (undecodable bytes as os.fsdecode keeps them): the command line escapes them for
+whatever it prints.
 """
 
 import errno
@@ -41,15 +43,10 @@ HELD_STATES = ("held", "alive")
 MEMBER_STATES = ("alive", "dead", "removed", "unknown: permission denied")
 
 
-def shown(name: str) -> str:
-    """A file name as text anyone can print: bytes that are not UTF-8 appear as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 class LockFile:
     """One lock file, and what probing it found."""
 
-    __slots__ = ("command", "name", "path", "pid", "state")
+    __slots__ = ("command", "name", "not_removed", "path", "pid", "state")
 
     def __init__(
         self,
@@ -58,12 +55,14 @@ class LockFile:
         state: str,
         pid: int | None = None,
         command: list[str] | None = None,
+        not_removed: str | None = None,
     ) -> None:
         self.name = name  # the mutex name, or the file name of a member or process name
         self.path = path
         self.state = state
         self.pid = pid  # the holder, where /proc/locks shows it (this host and PID namespace)
         self.command = command
+        self.not_removed = not_removed  # why cleaning left this dead file in place
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -107,17 +106,20 @@ def command_line(pid: int) -> list[str] | None:
             raw = cmdline.read()
     except OSError:
         return None
-    return [shown(os.fsdecode(arg)) for arg in raw.rstrip(b"\0").split(b"\0")] if raw else None
+    return [os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")] if raw else None
 
 
 def _lock_file(
     directory: "Directory",
+    where: str,
     name: str,
     label: str,
     kind: str,
     state: int,
     holders: dict[tuple[int, int], int],
+    not_removed: str | None = None,
 ) -> LockFile:
+    """What was found of name in directory (shown as the folder where), labelled label."""
     pid = None
     if state == ALIVE:
         try:
@@ -125,32 +127,68 @@ def _lock_file(
             pid = holders.get((info.st_dev, info.st_ino))
         except OSError:
             pass  # gone since: the holder let go
-    path = f"{directory.path}/{name}"
-    return LockFile(
-        shown(label), shown(path), _WORDS[kind][state], pid, command_line(pid) if pid else None
-    )
+    command = command_line(pid) if pid else None
+    return LockFile(label, f"{where}/{name}", _WORDS[kind][state], pid, command, not_removed)
+
+
+def _remove_dead(directory: "Directory", name: str) -> tuple[int, str | None]:
+    """Remove a dead file as the library's probe does (only an empty, unlocked one named
+    like ours, while it is still the one found): its state after, and why an empty dead
+    file is still there (None if it is not)."""
+    try:
+        state = _impl.core.probe(directory, name, True)
+    except OSError as error:  # a read-only mount, an I/O error: this file only
+        return DEAD, error.strerror or str(error)
+    if state != DEAD:
+        return state, None
+    try:
+        empty = os.stat(name, dir_fd=directory.fd, follow_symlinks=False).st_size == 0
+    except OSError:
+        return ABSENT, None  # gone since
+    # The probe keeps, without a word, a dead file it may not unlink (EPERM, EACCES).
+    return DEAD, "removal not permitted" if empty else None
 
 
 def _names_in(
-    directory: "Directory", kind: str, clean: bool, holders: dict[tuple[int, int], int]
+    directory: "Directory",
+    where: str,
+    kind: str,
+    clean: bool,
+    holders: dict[tuple[int, int], int],
 ) -> list[LockFile]:
-    """The process-name or member files in directory, probed (and with clean, the dead
-    removed)."""
-    return [
-        _lock_file(directory, name, name, kind, state, holders)
-        for name, state in sorted(_impl.core.scan(directory, clean, False))
-    ]
+    """The process-name or member files in directory, probed; with clean, the dead are
+    removed one by one, and one that cannot be says why (the others are still tried)."""
+    found = []
+    for name, state in sorted(_impl.core.scan(directory, False, False)):
+        not_removed = None
+        if clean and state == DEAD:
+            state, not_removed = _remove_dead(directory, name)
+        if state != ABSENT:
+            found.append(
+                _lock_file(directory, where, name, name, kind, state, holders, not_removed)
+            )
+    return found
+
+
+def _absolute(path: str) -> str:
+    """path made absolute to show it; as given where the working directory has no name
+    (os.getcwd fails)."""
+    try:
+        return os.path.abspath(path)
+    except OSError:
+        return path
 
 
 def inspect_directory(directory: str, clean: bool) -> Inspection:
     """Every mutex, arena and process name in directory, probed.
 
-    directory is opened once; everything below it is looked at relative to that, and
-    nothing is followed.  A mutex file is never removed: a free one may be open in a
+    directory is opened once, as given (a working directory deeper than PATH_MAX has no
+    absolute path that can be opened); everything below it is looked at relative to that,
+    and nothing is followed.  A mutex file is never removed: a free one may be open in a
     process about to lock it.
     """
     holders = exclusive_flock_holders() or {}
-    base = _impl.core.Directory(os.path.abspath(directory))
+    base = _impl.core.Directory(directory)
     try:
         try:
             listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base.fd)
@@ -168,22 +206,23 @@ def inspect_directory(directory: str, clean: bool) -> Inspection:
                         arenas.append(entry.name)
         finally:
             os.close(listed)
-        found = Inspection(base.path)
-        found.names = _names_in(base, "name", clean, holders)
+        found = Inspection(_absolute(directory))
+        where = found.directory
+        found.names = _names_in(base, where, "name", clean, holders)
         for name in sorted(mutexes):
             state = _impl.core.probe(base, name, False)
             if state != ABSENT:
                 label = name[len(MUTEX_PREFIX) :]
-                found.mutexes.append(_lock_file(base, name, label, "mutex", state, holders))
+                found.mutexes.append(_lock_file(base, where, name, label, "mutex", state, holders))
         for name in sorted(arenas):
-            found.arenas.extend(_arena_in(base, name, clean, holders))
+            found.arenas.extend(_arena_in(base, where, name, clean, holders))
     finally:
         base.close()
     return found
 
 
 def _arena_in(
-    base: "Directory", entry: str, clean: bool, holders: dict[tuple[int, int], int]
+    base: "Directory", where: str, entry: str, clean: bool, holders: dict[tuple[int, int], int]
 ) -> list[Arena]:
     """The arena whose members directory is entry in base ([] if there is none now)."""
     name = entry[: -len(ARENA_MEMBERS_SUFFIX)]
@@ -192,10 +231,10 @@ def _arena_in(
     try:
         members = _impl.core.Directory(entry, base)
         try:
-            return [Arena(shown(name), _names_in(members, "member", clean, holders))]
+            return [Arena(name, _names_in(members, f"{where}/{entry}", "member", clean, holders))]
         finally:
             members.close()
     except FileNotFoundError:  # its last member has just cleaned it up
         return []
     except PermissionError:
-        return [Arena(shown(name), [], "unknown: permission denied")]
+        return [Arena(name, [], "unknown: permission denied")]
