@@ -145,8 +145,13 @@ def _remove_dead(directory: "Directory", name: str) -> tuple[int, str | None]:
         empty = os.stat(name, dir_fd=directory.fd, follow_symlinks=False).st_size == 0
     except OSError:
         return ABSENT, None  # gone since
-    # The probe keeps, without a word, a dead file it may not unlink (EPERM, EACCES).
-    return DEAD, "removal not permitted" if empty else None
+    if not empty:
+        return DEAD, None
+    # The probe keeps, without a word, a dead file it may not unlink: on a read-only
+    # filesystem (EROFS), or another user's in a sticky directory (EPERM, EACCES).
+    if os.statvfs(directory.fd).f_flag & os.ST_RDONLY:
+        return DEAD, os.strerror(errno.EROFS)
+    return DEAD, "removal not permitted"
 
 
 def _names_in(
