@@ -10,6 +10,7 @@
  *   floor VARIANT DIR arena-cleanup MEMBERS REPEATS
  *   floor VARIANT DIR name-live ITERATIONS REPEATS
  *   floor VARIANT DIR name-dead ITERATIONS REPEATS
+ *   floor VARIANT DIR cpu-walk ITERATIONS REPEATS    (the steps in $FLOOR_WALK)
  *
  * VARIANT says how the mutex is taken and let go, and how files are named:
  *
@@ -49,6 +50,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -676,6 +678,46 @@ static double per_operation(void (*operation)(const struct place *, long), const
     return (double)(now_ns() - start) / n;
 }
 
+/* cpu-walk: the system calls one cpu_count(refresh=True) made, as $FLOOR_WALK lists them,
+   a step a line: "online" (sysconf, which reads sysfs), "affinity", "stat PATH", or "read
+   PATH" (open, fstat, read to the end, close). */
+static char *walk_steps[64];
+static int walk_step_count;
+
+static void cpu_walks(const struct place *p, long n) {
+    (void)p;
+    static char buffer[1 << 16];
+    cpu_set_t set;
+    struct stat st;
+    for (long i = 0; i < n; i++)
+        for (int s = 0; s < walk_step_count; s++) {
+            const char *step = walk_steps[s];
+            if (strcmp(step, "online") == 0)
+                sysconf(_SC_NPROCESSORS_ONLN);
+            else if (strcmp(step, "affinity") == 0)
+                sched_getaffinity(0, sizeof set, &set);
+            else if (strncmp(step, "stat ", 5) == 0)
+                stat(step + 5, &st);
+            else if (strncmp(step, "read ", 5) == 0) {
+                int fd = open(step + 5, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+                if (fd < 0)
+                    continue;
+                fstat(fd, &st);
+                ssize_t got, length = 0;
+                while ((got = read(fd, buffer + length, sizeof buffer - length)) > 0)
+                    length += got;
+                close(fd);
+            }
+        }
+}
+
+static void read_walk_steps(void) {
+    char *steps = getenv("FLOOR_WALK");
+    for (char *step = steps ? strtok(steps, "\n") : NULL; step; step = strtok(NULL, "\n"))
+        if (walk_step_count < (int)(sizeof walk_steps / sizeof *walk_steps))
+            walk_steps[walk_step_count++] = step;
+}
+
 static long number(const char *text) {
     char *end;
     long value = strtol(text, &end, 10);
@@ -691,7 +733,7 @@ static const char USAGE[] =
     "       floor VARIANT DIR contend|contend-work|contend-arena PROCESSES MILLISECONDS REPEATS\n"
     "VARIANT: naive, dirrel (every operation); fewest, keep, announce (mutex, contend,\n"
     "         contend-work)\n"
-    "OPERATION: mutex, arena, arena-cleanup, name-live or name-dead\n";
+    "OPERATION: mutex, arena, arena-cleanup, name-live, name-dead or cpu-walk\n";
 
 static void usage(void) {
     fputs(USAGE, stderr);
@@ -733,6 +775,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     double samples[MAX_SAMPLES];
+    read_walk_steps();
     for (long r = 0; r < repeats; r++) {
         if (strcmp(operation, "mutex") == 0)
             samples[r] = per_operation(mutex_round_trips, &place, count);
@@ -744,6 +787,8 @@ int main(int argc, char **argv) {
             samples[r] = per_operation(name_cycles, &place, count);
         else if (strcmp(operation, "name-dead") == 0)
             samples[r] = dead_name_polls(&place, count);
+        else if (strcmp(operation, "cpu-walk") == 0)
+            samples[r] = per_operation(cpu_walks, &place, count);
         else
             usage();
     }

@@ -231,10 +231,10 @@ def build_floor(workdir: str) -> str:
     return binary
 
 
-def run_json(command: list[str]) -> Any:
+def run_json(command: list[str], env: dict[str, str] | None = None) -> Any:
     """The last line of a command's output, as JSON; the command must succeed."""
     done = subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+        command, check=False, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env
     )
     if done.returncode != 0:
         fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
@@ -568,12 +568,42 @@ def cold_start_plan(toil_python: str | None) -> list[tuple[str, str, str]]:
     return interpreters
 
 
-def cpu_count_costs(toil_threading: Any, repeats: int) -> list[dict[str, Any]]:
+# What each question a walk asks costs in system calls, as bench/floor.c's cpu-walk makes
+# them: by the name of the function asked (the cores' readers take (directory, path)).
+WALK_STEPS = {
+    "_online_now": lambda arguments: "online",
+    "_affinity_now": lambda arguments: "affinity",
+    "_identity": lambda arguments: f"stat {arguments[0]}",
+    "cgroup_membership": lambda arguments: f"read {arguments[1]}",
+    "mount_table": lambda arguments: f"read {arguments[1]}",
+    "cpu_max": lambda arguments: f"read {arguments[1]}",
+    "cfs_figure": lambda arguments: f"read {arguments[1]}",
+    "cpu_list_size": lambda arguments: f"read {arguments[1]}",
+    "read_bounded": lambda arguments: f"read {arguments[1]}",
+}
+
+
+def walk_floor(toil_threading: Any, floor_binary: str, repeats: int) -> dict[str, Any]:
+    """The system calls of the last cpu_count(refresh=True), made by bench/floor.c."""
+    toil_threading.cpu_count(refresh=True)
+    cpu = importlib.import_module("toil_threading._cpu")
+    steps = [
+        WALK_STEPS[function.__name__](arguments)
+        for function, arguments, _ in cpu._seen
+        if function.__name__ in WALK_STEPS
+    ]
+    command = [floor_binary, "naive", "/", "cpu-walk", "2000", str(repeats)]
+    printed = run_json(command, env={**os.environ, "FLOOR_WALK": "\n".join(steps)})
+    timings = [float(sample) for sample in printed["samples"]]
+    return {"label": "the walk's system calls (C floor)", "ns": min(timings), "samples_ns": timings}
+
+
+def cpu_count_costs(toil_threading: Any, floor_binary: str, repeats: int) -> list[dict[str, Any]]:
     """Nanoseconds per call of cpu_count() (kept, rechecked, walked) and of os's answers.
 
     In this process, the best of `repeats` timings each (the least disturbed).  The
     recheck is the once-a-second look at what the last walk read; the walk is
-    cpu_count(refresh=True), both on each core.
+    cpu_count(refresh=True), both on each core, beside the floor of its system calls.
     """
     cpu = importlib.import_module("toil_threading._cpu")
 
@@ -605,6 +635,7 @@ def cpu_count_costs(toil_threading: Any, repeats: int) -> list[dict[str, Any]]:
     finally:
         toil_threading._impl.use_core(default)
         toil_threading.cpu_count(refresh=True)
+    rows.append(walk_floor(toil_threading, floor_binary, repeats))
     for row in rows:
         row["x_os_cpu_count"] = row["ns"] / rows[0]["ns"]
     return rows
@@ -880,8 +911,9 @@ def main() -> None:
             " of a run (see bench/README.md)."
         )
     with tempfile.TemporaryDirectory(prefix="toil-threading-bench-") as workdir:
+        floor_binary = build_floor(workdir)
         implementations, toil_python = contenders(
-            toil_threading, build_floor(workdir), args.toil_python, env, notes
+            toil_threading, floor_binary, args.toil_python, env, notes
         )
         root = tempfile.mkdtemp(prefix="toil-threading-bench-", dir=args.dir)
         try:
@@ -894,8 +926,8 @@ def main() -> None:
         print("  cold starts", file=sys.stderr, flush=True)
         interpreters = cold_start_plan(toil_python)
         cold = cold_starts(plan.cold_start_runs, interpreters, workdir)
-    print("  cpu_count", file=sys.stderr, flush=True)
-    cpu_costs = cpu_count_costs(toil_threading, plan.cold_start_runs)
+        print("  cpu_count", file=sys.stderr, flush=True)
+        cpu_costs = cpu_count_costs(toil_threading, floor_binary, plan.cold_start_runs)
     env["wall time"] = f"{time.monotonic() - started:.1f} s"
     table_out = sys.stderr if args.json == "-" else sys.stdout
     write_table(table_out, env, results, cold, cpu_costs, notes)

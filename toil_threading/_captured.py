@@ -7,7 +7,7 @@ followed and no "..", so nothing outside the root is read.  Loaded only for such
 """
 
 from . import _impl
-from ._cpu import Probe
+from ._cpu import JOB_VARIABLES, Probe
 from ._cpu_limits import CpuLimit, cpus_in_words, unreadable
 from ._protocol import FIGURE_FILE_BYTES, STATUS_FILE_BYTES, TABLE_FILE_BYTES
 
@@ -82,6 +82,9 @@ class CapturedProbe(Probe):
         start += len(name) + 2
         end = self._environment.find("\0", start)
         return self._environment[start : len(self._environment) if end < 0 else end]
+
+    def in_a_job(self) -> bool:
+        return any(self.env(name) for name in JOB_VARIABLES)
 
     def _cpu_list(self, source: str, path: str, key: str, size: int) -> CpuLimit:
         """A limit from a CPU list ("0-3,8"): a whole file, or its line "key:"."""

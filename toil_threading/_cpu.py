@@ -49,6 +49,27 @@ def _getenv(name: str) -> str | None:
     return None if value is None else os.fsdecode(value)
 
 
+# The variables that say a scheduler's job is running (each scheduler reads more).
+JOB_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "PBS_JOBID",
+    "JOB_ID",
+    "LSB_JOBID",
+    "_CONDOR_MACHINE_AD",
+)
+_JOB_KEYS = tuple(name.encode() for name in JOB_VARIABLES)
+
+
+def _in_a_job_now() -> bool:
+    """Whether any of JOB_VARIABLES is set (and not empty), in one question: a walk
+    outside a job asks nothing more of the environment for the schedulers."""
+    data = getattr(os.environ, "_data", None)
+    if data is None:  # os.environ replaced by a plain mapping
+        return any(os.environ.get(name) for name in JOB_VARIABLES)
+    return any(data.get(key) for key in _JOB_KEYS)
+
+
 def _online_now() -> int:
     return os.sysconf("SC_NPROCESSORS_ONLN")
 
@@ -120,6 +141,9 @@ class _LiveProbe(Probe):
 
     def env(self, name: str) -> str | None:
         return self.ask(_getenv, name)  # type: ignore[no-any-return]
+
+    def in_a_job(self) -> bool:
+        return self.ask(_in_a_job_now)  # type: ignore[no-any-return]
 
     def machine(self) -> CpuLimit:
         online = self.ask(_online_now)
@@ -223,20 +247,9 @@ def _override(probe: "AnyProbe") -> CpuLimit:
 # A scheduler's figure counts only where its variables clearly describe this host's share
 # for this process: a wrong figure is worse than none, since the smallest one wins.
 
-# The variables that say a scheduler's job is running (each scheduler reads more).
-_JOB_VARIABLES = (
-    "SLURM_JOB_ID",
-    "SLURM_JOBID",
-    "PBS_JOBID",
-    "JOB_ID",
-    "LSB_JOBID",
-    "_CONDOR_MACHINE_AD",
-)
-
-
 def _scheduler_limits(probe: "AnyProbe") -> list[CpuLimit]:
-    # Outside any job every one is asked, and so watched for a change by cpu_count().
-    if not any(probe.env(name) for name in _JOB_VARIABLES):
+    # Outside any job the question is asked, and so watched for a change by cpu_count().
+    if not probe.in_a_job():
         return OUTSIDE_ANY_JOB
     from . import _schedulers
 
