@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,16 +166,185 @@ def test_slurm_old_job_id_name(core: str, tmp_path: Path) -> None:
         ("a,,b", None),
     ],
 )
-def test_slurm_host_lists(text: str, hosts: list[str] | None) -> None:
-    assert _schedulers._hostlist(text) == hosts
+def test_slurm_host_lists(core: str, text: str, hosts: list[str] | None) -> None:
+    # Each name is found where the expanded list would have it, among as many names.
+    if hosts is None:
+        assert isinstance(_schedulers._host_position(text, "x1"), str)
+        return
+    for place, host in enumerate(hosts):
+        assert _schedulers._host_position(text, host) == (place, len(hosts))
+    assert _schedulers._host_position(text, "elsewhere") == (None, len(hosts))
 
 
 @pytest.mark.parametrize(
     ("text", "counts"),
     [("72(x2),36", [72, 72, 36]), ("4", [4]), ("4(x", None), ("x(x2)", None), ("0", None)],
 )
-def test_slurm_repeated_counts(text: str, counts: list[int] | None) -> None:
-    assert _schedulers._repeated_counts(text) == counts
+def test_slurm_repeated_counts(core: str, text: str, counts: list[int] | None) -> None:
+    if counts is None:
+        assert isinstance(_schedulers._repeated_entry(text, 0), str)
+        return
+    for index, count in enumerate(counts):
+        assert _schedulers._repeated_entry(text, index) == (count, len(counts))
+    assert _schedulers._repeated_entry(text, len(counts)) == (None, len(counts))
+
+
+def slurm_batch(hostname: str, **variables: str) -> dict[str, str]:
+    """A Slurm batch script's variables on hostname, SLURM_CPUS_ON_NODE=8, and more."""
+    return {
+        "SLURM_JOB_ID": "5",
+        "SLURMD_NODENAME": hostname,
+        "SLURM_CPUS_ON_NODE": "8",
+        **variables,
+    }
+
+
+@pytest.mark.parametrize(
+    ("nodes", "hostname", "place", "names"),
+    [
+        ("sn[101-103,107],gpu-a7", "sn107", 3, 5),
+        ("sn[101-103,107],gpu-a7", "GPU-A7.cluster.example.org", 4, 5),
+        ("a[01-03]b[1-2]", "a02b2", 3, 6),
+        ("rack[0-63]_blade[0-41]", "rack1_blade0", 42, 64 * 42),
+        ("linux[0000-1023]", "linux0100", 100, 1024),
+        ("n[8-10]", "n10", 2, 3),
+        ("n[098-100]", "n100", 2, 3),
+        ("n[1-3,2]", "n2", 1, 4),
+        ("cn01.example.org,cn02", "cn02", 1, 2),
+        # A short name ends at its dot: x1.ib1, x1.ib2, x1.ib3 are all x1.
+        ("x[1-2].ib[1-3],x3", "x2", 3, 7),
+        ("n[0-65535]", "n65535", 65535, 65536),
+    ],
+)
+def test_slurm_finds_this_node_in_its_lists(
+    core: str, tmp_path: Path, nodes: str, hostname: str, place: int, names: int
+) -> None:
+    # This node alone has 5 CPUs in SLURM_JOB_CPUS_PER_NODE: the cap shows it was found
+    # at its place, among as many names as the counts have entries.
+    before, after = names - place - 1, place
+    counts = [f"64(x{after})"] * bool(after) + ["5"] + [f"64(x{before})"] * bool(before)
+    environ = slurm_batch(
+        hostname, SLURM_JOB_NODELIST=nodes, SLURM_JOB_CPUS_PER_NODE=",".join(counts)
+    )
+    assert_figure(captured(tmp_path, environ, hostname), "slurm", 5, "capped by this node's 5")
+
+
+@pytest.mark.parametrize(
+    ("nodes", "why"),
+    [
+        ("cn[01-02", "a '[' never closed"),
+        ("cn01]", "a ']' without its '['"),
+        ("cn[0[1]]", "a '[' inside brackets"),
+        ("cn[\u0661]", "'\u0661' cannot be part of a host name"),
+        ("cn 01", "' ' cannot be part of a host name"),
+        ("cn[01-02],,cn03", "an empty name"),
+        ("cn[]", "an empty range"),
+        ("cn[01,]", "an empty range"),
+        ("cn[1--2]", "a range without its two numbers"),
+        ("cn[-2]", "a range without its two numbers"),
+        ("cn[a-b]", "'a' in brackets"),
+        ("cn[00000000001]", "a number of more than 10 digits in brackets"),
+        ("cn[02-01]", "the range [02-01] runs backwards"),
+        ("cn[01-2]", "the range [01-2] pads its two ends differently"),
+        ("cn[1-02]", "the range [1-02] pads its two ends differently"),
+        ("cn[0-70000]", "the range [0-70000] holds more than 65536 names"),
+        ("cn[01-02]-ib", "'-ib' after the last bracket of a name"),
+        ("cn[0-1][1-2]", "digits or a bracket right after a bracket"),
+        ("cn[0-1]1[1-2]", "digits or a bracket right after a bracket"),
+        ("a[0-99]b[0-99]c[0-99]d[0-99]e[0-99]", "more than 2147483647 names"),
+    ],
+)
+def test_a_malformed_slurm_host_list_is_ignored_with_why(
+    core: str, tmp_path: Path, nodes: str, why: str
+) -> None:
+    # Whether this host is in the list cannot be told: SLURM_CPUS_ON_NODE stands, and
+    # the list's per-node counts (2 here) cap nothing.
+    environ = slurm_batch("cn01", SLURM_JOB_NODELIST=nodes, SLURM_JOB_CPUS_PER_NODE="2(x2)")
+    words = f"ignored: SLURM_JOB_NODELIST={nodes} ({why})"
+    assert_figure(captured(tmp_path, environ, "cn01"), "slurm", 8, words)
+
+
+@pytest.mark.parametrize(
+    ("counts", "why"),
+    [
+        ("2(x", "a repeat not written as count(xtimes)"),
+        ("2(x2)(x3)", "a repeat not written as count(xtimes)"),
+        ("(x2)", "a repeat not written as count(xtimes)"),
+        ("2(x1)3", "a repeat not written as count(xtimes)"),
+        ("2(x)", "a count or repeat: empty"),
+        ("2,,2", "a count or repeat: empty"),
+        ("2,0", "a count or repeat: zero"),
+        ("2,2147483648", "a count or repeat: above 2147483647"),
+        ("2, 2", "' ' in a list of counts"),
+        ("2,\u0662", "'\u0662' in a list of counts"),
+        ("2(x3)", "3 entries for the 2 names of SLURM_JOB_NODELIST"),
+    ],
+)
+def test_malformed_slurm_counts_are_ignored_with_why(
+    core: str, tmp_path: Path, counts: str, why: str
+) -> None:
+    environ = slurm_batch("cn01", SLURM_JOB_NODELIST="cn[01-02]", SLURM_JOB_CPUS_PER_NODE=counts)
+    words = f"ignored: SLURM_JOB_CPUS_PER_NODE={counts} ({why})"
+    assert_figure(captured(tmp_path, environ, "cn01"), "slurm", 8, words)
+
+
+def quickest_figure(root: Path, source: str) -> tuple[int | None, str]:
+    """figure(root, source), asserting that a whole walk takes under 50 ms: the least of
+    three, so that the pauses of a busy machine are not taken for the walk's."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        found = figure(root, source)
+        times.append(time.perf_counter() - started)
+    assert min(times) < 0.050, times
+    return found
+
+
+# Cases found by feeding the walk hostile environments: each once hung, exhausted
+# memory, recursed too deep or raised.  All are now ignored, with why, at once.
+FOUND = [
+    # Never returned (killed at 20 s): the range was expanded, 10**10 names.
+    (
+        {"SLURM_JOB_NODELIST": "host,n[0-9999999999]"},
+        8,
+        "SLURM_JOB_NODELIST=host,n[0-9999999999] (the range [0-9999999999] holds more",
+    ),
+    # MemoryError: 100**5 names.
+    (
+        {"SLURM_JOB_NODELIST": "a[0-99]b[0-99]c[0-99]d[0-99]e[0-99]"},
+        8,
+        "e[0-99] (more than 2147483647 names)",
+    ),
+    # RecursionError: 5,000 nested brackets.
+    ({"SLURM_JOB_NODELIST": "[" * 5000 + "host" + "]" * 5000}, 8, "(a '[' inside brackets)"),
+    # MemoryError: the list [4] * 10**12.
+    (
+        {"SLURM_JOB_NODELIST": "host", "SLURM_JOB_CPUS_PER_NODE": "4(x1000000000000)"},
+        8,
+        "SLURM_JOB_CPUS_PER_NODE=4(x1000000000000) (a count or repeat: more than 10 digits)",
+    ),
+    # ValueError: "²" is a digit to str.isdigit, not to int().
+    ({"SLURM_JOB_NODELIST": "n[²]"}, 8, "SLURM_JOB_NODELIST=n[²] ('²' cannot be part of"),
+    # ValueError: int() refuses more than 4,300 digits.
+    (
+        {
+            "SLURM_JOB_NODELIST": "host",
+            "SLURM_JOB_CPUS_PER_NODE": "4",
+            "SLURM_CPUS_ON_NODE": "9" * 5000,
+        },
+        4,
+        "ignored: SLURM_CPUS_ON_NODE=" + "9" * 200 + "... (5000 characters) (more than 10 digits)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variables", "cpus", "words"), FOUND)
+def test_what_once_hung_or_raised_is_ignored_at_once(
+    core: str, tmp_path: Path, variables: dict[str, str], cpus: int, words: str
+) -> None:
+    root = captured(tmp_path, slurm_batch("host", **variables), "host")
+    found, detail = quickest_figure(root, "slurm")
+    assert (found, words in detail) == (cpus, True), detail
 
 
 PBS_JOB = {"PBS_JOBID": "12.server", "PBS_ENVIRONMENT": "PBS_BATCH", "PBS_NODEFILE": "/aux/12"}
@@ -310,3 +480,142 @@ def test_a_scheduler_in_this_process_environment(core: str) -> None:
     assert done.returncode == 0, done.stderr
     before = toil_threading.explain_cpu_count().count
     assert done.stdout.splitlines() == [str(before), "1 slurm"]
+
+
+# Values of about 100 kB (an environment string may hold 128 kB), shaped to make a
+# list's walk do the most work it can.  Each still gives this host's figure, or says why
+# it gives none, within the bound.
+KB100 = 100_000
+HUGE = [
+    # Many short names, this host last: its entry of the counts is found by counting.
+    (
+        slurm_batch(
+            "host",
+            SLURM_JOB_NODELIST="a," * (KB100 // 2) + "host",
+            SLURM_JOB_CPUS_PER_NODE=f"64(x{KB100 // 2}),5",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # Many names with a bracket, each starting as this host's does.
+    (
+        slurm_batch(
+            "host1",
+            SLURM_JOB_NODELIST="host[2-3]," * (KB100 // 10) + "host[1]",
+            SLURM_JOB_CPUS_PER_NODE=f"64(x{KB100 // 5}),5",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # Many names with two brackets.
+    (
+        slurm_batch(
+            "a1b1",
+            SLURM_JOB_NODELIST="a[1-2]b[3-4]," * (KB100 // 13) + "a1b1",
+            SLURM_JOB_CPUS_PER_NODE=f"64(x{KB100 // 13 * 4}),5",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # One bracket of many ranges.
+    (
+        slurm_batch(
+            "n99999",
+            SLURM_JOB_NODELIST="n[" + "1-2," * (KB100 // 4) + "99999]",
+            SLURM_JOB_CPUS_PER_NODE=f"64(x{KB100 // 2}),5",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # A count per node.
+    (
+        slurm_batch(
+            "n49999",
+            SLURM_JOB_NODELIST="n[0-49999]",
+            SLURM_JOB_CPUS_PER_NODE="64," * 49999 + "5",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # Many repeats.
+    (
+        slurm_batch(
+            "n16665",
+            SLURM_JOB_NODELIST="n[0-16665]",
+            SLURM_JOB_CPUS_PER_NODE="64(x1)," * 16665 + "5(x1)",
+        ),
+        "slurm",
+        5,
+        "capped by this node's 5",
+    ),
+    # Malformed at the very end, after 100 kB that look well formed.
+    (
+        slurm_batch("host", SLURM_JOB_NODELIST="n[1-2]," * (KB100 // 7) + "host[1-"),
+        "slurm",
+        8,
+        "(a '[' never closed)",
+    ),
+    (slurm_batch("host", SLURM_JOB_NODELIST="[" * KB100), "slurm", 8, "(a '[' inside brackets)"),
+    (
+        slurm_batch("host", SLURM_JOB_NODELIST="host", SLURM_JOB_CPUS_PER_NODE="9" * KB100),
+        "slurm",
+        8,
+        "(100000 characters) (a count or repeat: more than 10 digits)",
+    ),
+    (
+        slurm_batch("host", SLURM_CPUS_ON_NODE="9" * KB100),
+        "slurm",
+        None,
+        "(100000 characters) (more than 10 digits)",
+    ),
+    (
+        {**PBS_JOB, "PBS_NUM_PPN": "3"},
+        "pbs",
+        3,
+        "has 3 lines, one per CPU",
+    ),
+    (
+        {"LSB_JOBID": "9", "LSB_MCPU_HOSTS": "other 1 " * (KB100 // 8) + "host 6"},
+        "lsf",
+        6,
+        "has 6 slots",
+    ),
+    (
+        {"LSB_JOBID": "9", "LSB_HOSTS": "other " * (KB100 // 6) + "host host"},
+        "lsf",
+        2,
+        "has 2 slots",
+    ),
+    (
+        {"JOB_ID": "4711", "SGE_ROOT": "/opt/sge", "NSLOTS": "9", "PE_HOSTFILE": "/spool/pe"},
+        "sge",
+        2,
+        "has 2 slots",
+    ),
+    (
+        {"_CONDOR_MACHINE_AD": "/scratch/.machine.ad"},
+        "htcondor",
+        3,
+        "Cpus = 3",
+    ),
+]
+# The files those variables name, as large.
+HUGE_FILES = {
+    "aux/12": "other\n" * (KB100 // 6) + "host\n" * 3,
+    "spool/pe": "other 1 a.q UNDEFINED\n" * (KB100 // 22) + "host 2 a.q UNDEFINED\n",
+    "scratch/.machine.ad": "Attribute = 1\n" * (KB100 // 14) + "Cpus = 3\n",
+}
+
+
+@pytest.mark.parametrize(("environ", "source", "cpus", "words"), HUGE)
+def test_a_walk_over_100_kb_values_is_quick(
+    core: str, tmp_path: Path, environ: dict[str, str], source: str, cpus: int | None, words: str
+) -> None:
+    hostname = environ.get("SLURMD_NODENAME", "host")
+    found, detail = quickest_figure(captured(tmp_path, environ, hostname, HUGE_FILES), source)
+    assert (found, words in detail) == (cpus, True), detail[:1000]

@@ -4,11 +4,18 @@ Engine, LSF and HTCondor, each from its own variables (the README states each ru
 Loaded only where one of them runs a job (see _cpu._scheduler_limits).  A figure counts
 only where the variables clearly describe this host's share for this process: a wrong
 figure is worse than none, since the smallest one wins.
+
+A job's environment reaches every process started in it, so whatever it holds is read
+with bounds: each figure is 1 to 10 ASCII digits and at most 2**31 - 1; Slurm's
+compressed lists are searched for this host and counted, never expanded; the files the
+variables name are read a line at a time with counters.  A figure that is malformed,
+oversized or unreadable is ignored, and the limit's detail says which and why: nothing
+here raises.
 """
 
 from __future__ import annotations
 
-from errno import ENOENT
+from io import StringIO
 
 from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit, unreadable
 from ._cpu_limits import tasks_in_words as _tasks
@@ -17,13 +24,24 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._cpu import AnyProbe as _AnyProbe
 
-
-def _whole(text: str | None) -> int | None:
-    """The positive whole number written in decimal digits, else None."""
-    if text and text.isascii() and text.isdigit():
-        value = int(text)
-        return value if value > 0 else None
-    return None
+# A figure is at most this many digits, checked before int() sees it, and at most a C
+# int (what the schedulers keep their counts in).
+_MOST_DIGITS = 10
+_LARGEST = 2**31 - 1
+# Slurm refuses a bracket range of more than 64K names (MAX_RANGE in its hostlist.c).
+_SLURM_MOST_IN_RANGE = 64 * 1024
+_DIGITS = "0123456789"
+_ALL_BUT_BRACKETS = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyz0123456789-_.,")
+_RANGE_CHARACTERS = str.maketrans("", "", "0123456789-,")
+_NO_DIGITS = str.maketrans("", "", "0123456789")
+_REPEAT_CHARACTERS = str.maketrans("", "", "0123456789,(x)")
+# How much of a value from outside a detail shows.
+_SHOWN = 200
+# What a Slurm host list may hold: host names (letters, digits, "-", "_", ".") with
+# bracketed ranges, between commas.  str.translate deletes them, leaving the strays.
+_HOST_LIST_CHARACTERS = str.maketrans(
+    "", "", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,[]"
+)
 
 
 def limits(probe: _AnyProbe) -> list[CpuLimit]:
@@ -31,133 +49,391 @@ def limits(probe: _AnyProbe) -> list[CpuLimit]:
     return [_slurm(probe), _pbs(probe), _sge(probe), _lsf(probe), _htcondor(probe)]
 
 
+def _figures(texts: list[str]) -> list[int] | str:
+    """The whole numbers texts write, or why one of them is not a figure: 1 to 10 ASCII
+    digits, from 1 to 2**31 - 1.  Checked a list at a time, with whole-list operations
+    (a list of counts can hold tens of thousands), and int() only sees short strings."""
+    if "" in texts:
+        return "empty"
+    joined = "".join(texts)
+    if not (joined.isascii() and joined.isdigit()):
+        return "not a whole number in ASCII digits"
+    if max(map(len, texts)) > _MOST_DIGITS:
+        return f"more than {_MOST_DIGITS} digits"
+    values = list(map(int, texts))
+    if max(values) > _LARGEST:
+        return f"above {_LARGEST}"
+    if min(values) < 1:
+        return "zero"
+    return values
+
+
+def _figure(text: str) -> int | str:
+    """The whole number text writes, or why it is not a figure (see _figures)."""
+    found = _figures([text])
+    return found if isinstance(found, str) else found[0]
+
+
+def _shown(text: str | None) -> str:
+    """A value from outside as a detail shows it: cut short when long."""
+    if text is None:
+        return "(unset)"
+    if len(text) <= _SHOWN:
+        return text
+    return f"{text[:_SHOWN]}... ({len(text)} characters)"
+
+
 def _short(host: str) -> str:
     """A host name as schedulers' lists are compared: before the first dot, lower case."""
-    return host.strip().split(".", 1)[0].lower()
+    return host.strip().partition(".")[0].lower()
 
 
-def _hostlist(text: str) -> list[str] | None:
-    """Slurm's compressed host list ("sn[101-103,107],gpu-a7") expanded, None if malformed."""
-    items = []
-    depth = start = 0
-    for position, character in enumerate(text):
-        if character == "[":
-            depth += 1
-        elif character == "]":
-            depth -= 1
-        elif character == "," and depth == 0:
-            items.append(text[start:position])
-            start = position + 1
-    items.append(text[start:])
-    hosts: list[str] = []
-    for item in items:
-        names = _expand_hosts(item)
-        if names is None:
-            return None
-        hosts += names
-    return hosts
+# -- Slurm's compressed lists, searched and counted, never expanded ----------------------
+# The forms are those of slurm.conf(5), NodeName: names between commas, each with numeric
+# ranges in brackets ("lx[15,18,32-33]", "rack[0-63]_blade[0-41]"), where leading zeros
+# fix the number of digits ("linux[0000-1023]"); and of sbatch(1), OUTPUT ENVIRONMENT
+# VARIABLES: SLURM_JOB_CPUS_PER_NODE is "72(x2),36", in the order of SLURM_JOB_NODELIST.
+# What Slurm's own parser (src/common/hostlist.c) refuses is malformed here too: a
+# bracket left open or nested, an empty name or range, a range that runs backwards or
+# holds more than 64K names, text after a name's last bracket.  One form it accepts is
+# refused as well: a bracket followed at once by digits or by another bracket
+# ("n[1-2]0[1-3]", "n[1-2][3-4]"), where which digits belong to which number is not
+# written down, so a search would have to try every split.  Slurm itself writes these
+# variables with one bracket, at the end of each name.
 
 
-def _expand_hosts(item: str) -> list[str] | None:
-    opening = item.find("[")
-    if opening < 0:
-        return [item] if item else None
-    closing = item.find("]", opening)
-    if closing < 0:
-        return None
-    tails = _expand_hosts(item[closing + 1 :]) if closing + 1 < len(item) else [""]
-    if tails is None:
-        return None
-    names = []
-    for part in item[opening + 1 : closing].split(","):
-        first, dash, last = part.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            return None
-        for number in range(int(first), int(last if dash else first) + 1):
-            # Zero padding is kept: node[01-03] is node01, node02, node03.
-            names += [f"{item[:opening]}{number:0{len(first)}d}{tail}" for tail in tails]
-    return names
+def _host_position(nodes: str, short: str) -> tuple[int | None, int] | str:
+    """(where this host's short name first comes in a Slurm host list, None if nowhere;
+    how many names the list stands for), or why the list is malformed.
 
-
-def _repeated_counts(text: str) -> list[int] | None:
-    """Slurm's "72(x2),36" expanded to [72, 72, 36], None if malformed."""
-    counts = []
-    for part in text.split(","):
-        value, repeated, times_text = part.partition("(x")
-        if repeated and not times_text.endswith(")"):
-            return None
-        count, times = _whole(value), _whole(times_text[:-1]) if repeated else 1
-        if count is None or times is None:
-            return None
-        counts += [count] * times
-    return counts
-
-
-def _node_entry(host: str, nodes: str | None, counts: str | None) -> tuple[bool, int | None]:
-    """(listed, this host's count) from a Slurm node list and its per-node counts.
-
-    listed is False only where the node list is readable and lacks this host; the count
-    is None where it cannot be told.
+    "sn[101-103,107],gpu-a7" stands for sn101, sn102, sn103, sn107 and gpu-a7.  The list
+    is walked from bracket to bracket: the names between brackets are compared as they
+    are; a name with brackets stands for the product of its brackets' sizes, and is
+    searched by _item_place where it starts as this host's name does.
     """
-    hosts = _hostlist(nodes) if nodes else None
-    if hosts is None:
-        return True, None
-    short = _short(host)
-    names = [_short(name) for name in hosts]
-    if short not in names:
-        return False, None
-    expanded = _repeated_counts(counts) if counts else None
-    if expanded is None or len(expanded) != len(names):
-        return True, None
-    return True, expanded[names.index(short)]
+    split = _split_host_list(nodes.lower())
+    if isinstance(split, str):
+        return split
+    outsides, insides, sizes = split
+    # This host's name as a name with one bracket would write it: head -> number.
+    numbers = {
+        short[:end]: short[end:]
+        for end in range(max(0, len(short) - _MOST_DIGITS), len(short))
+        if short[end:].isascii() and short[end:].isdigit()
+    }
+    names = outsides[0].split(",")
+    head = names.pop() if insides else ""  # the name in hand, up to its first bracket
+    tried: set[tuple[str, ...]] = set()  # names with brackets searched in vain
+    found = _index(names, short)
+    position = len(names)  # how many names come before the name in hand
+    count = 1  # how many names the name in hand stands for, so far
+    first = 0  # the index of its first bracket
+    for index, size in enumerate(sizes):
+        count *= size
+        follows, comma, rest = outsides[index + 1].partition(",")
+        if not comma and index + 1 < len(sizes):
+            continue  # the name goes on to its next bracket
+        if follows:
+            return f"{_shown(follows)!r} after the last bracket of a name"
+        if count > _LARGEST:
+            return f"more than {_LARGEST} names"
+        if found is None:
+            # Searched once for each distinct name: a list may repeat one many times.
+            place = None
+            if first == index and "." not in head:  # one bracket, the form Slurm writes
+                name: tuple[str, ...] = (head, insides[index])
+                if head in numbers and name not in tried:
+                    tried.add(name)
+                    place = _value_place(insides[index], numbers[head])
+            elif short.startswith(head.partition(".")[0]):
+                name = (head, *insides[first : index + 1], *outsides[first + 1 : index + 1])
+                if name not in tried:
+                    tried.add(name)
+                    place = _item_place(short, name, sizes[first : index + 1], count)
+            if place is not None:
+                found = position + place
+        position += count
+        names = rest.split(",") if comma else []
+        head = names.pop() if index + 1 < len(sizes) else ""
+        if names and found is None:
+            at = _index(names, short)
+            found = None if at is None else position + at
+        position += len(names)
+        if position > _LARGEST:
+            return f"more than {_LARGEST} names"
+        count, first = 1, index + 1
+    return found, position
+
+
+def _split_host_list(text: str) -> tuple[list[str], list[str], list[int]] | str:
+    """(the text outside the brackets and inside them, in turn, and how many values each
+    bracket stands for) of a lower-case Slurm host list, or why it is malformed.
+
+    Checked with whole-string operations first, so that each bracket only needs its
+    ranges' numbers compared (_ranges_size).
+    """
+    stray = text.translate(_HOST_LIST_CHARACTERS)
+    if stray:
+        return f"{stray[0]!r} cannot be part of a host name"
+    marks = text.translate(_ALL_BUT_BRACKETS)
+    if marks != "[]" * (len(marks) // 2):
+        nested, unopened = marks.find("[["), marks.find("]]")
+        if marks[0] == "]" or 0 <= unopened < nested or nested < 0 <= unopened:
+            return "a ']' without its '['"
+        return "a '[' inside brackets" if nested >= 0 else "a '[' never closed"
+    parts = text.replace("]", "[").split("[")
+    outsides, insides = parts[::2], parts[1::2]
+    emptied = "[]".join(outsides)
+    if ",," in f",{emptied},":
+        return "an empty name"
+    if "][" in emptied or any(f"]{digit}" in emptied for digit in _DIGITS):
+        return "digits or a bracket right after a bracket"
+    fault = _ranges_fault(",".join(insides)) if insides else ""
+    if fault:
+        return fault
+    spans = [_ranges_size(inside) if "-" in inside else inside.count(",") + 1 for inside in insides]
+    sizes = [span for span in spans if isinstance(span, int)]
+    if len(sizes) < len(spans):
+        return next(span for span in spans if isinstance(span, str))
+    return outsides, insides, sizes
+
+
+def _ranges_fault(ranges: str) -> str:
+    """Why the ranges of a list's brackets (joined by commas) are malformed, or ""."""
+    stray = ranges.translate(_RANGE_CHARACTERS)
+    if stray:
+        return f"{stray[0]!r} in brackets"
+    if ",," in f",{ranges},":
+        return "an empty range"
+    if ",-" in f",{ranges}" or "-," in f"{ranges}," or "--" in ranges.translate(_NO_DIGITS):
+        return "a range without its two numbers"
+    if max(map(len, ranges.replace("-", ",").split(","))) > _MOST_DIGITS:
+        return f"a number of more than {_MOST_DIGITS} digits in brackets"
+    return ""
+
+
+def _ranges_size(inside: str) -> int | str:
+    """How many values a bracket's ranges such as "08-10,12" stand for, or why one of
+    them is malformed (beyond what _split_host_list checks)."""
+    size = 0
+    for part in inside.split(","):
+        first, _, last = part.partition("-")
+        if not last:
+            size += 1
+            continue
+        low, high = int(first), int(last)
+        if high < low:
+            return f"the range [{part}] runs backwards"
+        # Slurm writes both ends with the first one's digits: n[08-10] or n[8-10].
+        if len(last) != len(first) and (len(last) < len(first) or last[0] == "0"):
+            return f"the range [{part}] pads its two ends differently"
+        if high - low >= _SLURM_MOST_IN_RANGE:
+            return f"the range [{part}] holds more than {_SLURM_MOST_IN_RANGE} names"
+        size += high - low + 1
+    return size
+
+
+def _index(names: list[str], short: str) -> int | None:
+    """Where a short host name first comes among names without brackets, or None."""
+    if "." in "".join(names):
+        names = [name.partition(".")[0] for name in names]
+    return names.index(short) if short in names else None
+
+
+def _item_place(short: str, name: tuple[str, ...], sizes: list[int], count: int) -> int | None:
+    """Where short first comes among the short names that a name with brackets stands
+    for, or None.  The name is its head, its brackets' insides, then the text between
+    them; the brackets' sizes multiply to count.
+
+    The names run through the brackets' values as an odometer does, the last bracket
+    fastest: a name's place is the sum of each value's place in its bracket times the
+    names that each value of that bracket stands for.  Each bracket's number is the run
+    of digits at its place in short, since a bracket is followed by a non-digit or ends
+    the name.  A short name ends at a dot: brackets after it keep their first value.
+    """
+    brackets = len(sizes)
+    head, dot, _ = name[0].partition(".")
+    at = len(head)
+    place = 0
+    weight = count
+    for index, size in enumerate(sizes):
+        if dot:
+            break
+        weight //= size
+        window = short[at : at + _MOST_DIGITS + 1]
+        digits = window[: len(window) - len(window.lstrip(_DIGITS))]
+        follows = name[1 + brackets + index] if index + 1 < brackets else ""
+        follows, dot, _ = follows.partition(".")
+        if not short.startswith(follows, at + len(digits)):
+            return None
+        value_place = _value_place(name[1 + index], digits)
+        if value_place is None:
+            return None
+        place += value_place * weight
+        at += len(digits) + len(follows)
+    return place if at == len(short) else None
+
+
+def _value_place(inside: str, digits: str) -> int | None:
+    """Where the number written as digits first comes among a bracket's values, or None."""
+    if not 0 < len(digits) <= _MOST_DIGITS:
+        return None
+    if "-" not in inside:  # single numbers: the name's digits are one of them, as written
+        listed = f",{inside},".find(f",{digits},")
+        return None if listed < 0 else inside.count(",", 0, listed)
+    value = int(digits)
+    place = 0
+    for part in inside.split(","):
+        first, _, last = part.partition("-")
+        low = int(first)
+        high = int(last or first)
+        # Zero padding is significant: node[01-10] holds node01, never node1.
+        padded = len(digits) == len(first) or (len(digits) > len(first) and digits[0] != "0")
+        if low <= value <= high and padded:
+            return place + value - low
+        place += high - low + 1
+    return None
+
+
+def _repeated_entry(text: str, index: int) -> tuple[int | None, int] | str:
+    """(the entry at index, None past the end; how many entries) of Slurm's per-node
+    counts, "72(x2),36" standing for 72, 72, 36; or why they are malformed."""
+    stray = text.translate(_REPEAT_CHARACTERS)
+    if stray:
+        return f"{stray[0]!r} in a list of counts"
+    # Each part is a count, with a repeat after it or not: without their digits, the
+    # parts are "" or "(x)", and the digits come before "(x" and before ")".
+    shapes = set(text.translate(_NO_DIGITS).split(","))
+    ends = f"{text},"
+    if not shapes <= {"", "(x)"} or ",(" in f",{text}" or ends.count(")") != ends.count("),"):
+        return "a repeat not written as count(xtimes)"
+    figures = _figures(text.replace("(x", ",").replace(")", "").split(","))
+    if isinstance(figures, str):
+        return f"a count or repeat: {figures}"
+    parts = text.split(",")
+    if len(parts) == len(figures):  # no repeats: a count per node
+        return (figures[index] if index < len(figures) else None), len(figures)
+    entry = None
+    entries = 0
+    for part in parts:
+        count, _, times = part.partition("(x")
+        repeats = int(times[:-1]) if times else 1
+        if entry is None and index < entries + repeats:
+            entry = int(count)
+        entries += repeats
+    if entries > _LARGEST:
+        return f"more than {_LARGEST} entries"
+    return entry, entries
+
+
+class _Job:
+    """A scheduler's variables as read for one limit: the figures ignored are noted,
+    with why, and the limit's detail ends with them."""
+
+    __slots__ = ("ignored", "probe", "source")
+
+    def __init__(self, probe: _AnyProbe, source: str) -> None:
+        self.probe = probe
+        self.source = source
+        self.ignored: list[str] = []
+
+    def figure(self, name: str) -> int | None:
+        """The positive whole number in the variable name; None if unset or ignored."""
+        text = self.probe.env(name)
+        if text is None:
+            return None
+        found = _figure(text)
+        if isinstance(found, str):
+            self.ignored.append(f"{name}={_shown(text)} ({found})")
+            return None
+        return found
+
+    def limit(self, cpus: int | None, why: str) -> CpuLimit:
+        if self.ignored:
+            why = f"{why}; ignored: {'; '.join(self.ignored)}"
+        return CpuLimit(self.source, cpus, why)
+
+    def node_entry(self, short: str, nodes_name: str, counts_name: str) -> tuple[bool, int | None]:
+        """(listed, this host's count) from a Slurm host list and its per-node counts.
+
+        listed is False only where the host list is readable and lacks this host; the
+        count is None where it cannot be told.
+        """
+        nodes = self.probe.env(nodes_name)
+        if not nodes:
+            return True, None
+        found = _host_position(nodes, short)
+        if isinstance(found, str):
+            self.ignored.append(f"{nodes_name}={_shown(nodes)} ({found})")
+            return True, None
+        position, hosts = found
+        if position is None:
+            return False, None
+        counts = self.probe.env(counts_name)
+        if not counts:
+            return True, None
+        entry = _repeated_entry(counts, position)
+        if isinstance(entry, str):
+            self.ignored.append(f"{counts_name}={_shown(counts)} ({entry})")
+            return True, None
+        count, entries = entry
+        if entries != hosts:
+            why = f"{entries} entries for the {hosts} names of {nodes_name}"
+            self.ignored.append(f"{counts_name}={_shown(counts)} ({why})")
+            return True, None
+        return True, count
 
 
 def _slurm(probe: _AnyProbe) -> CpuLimit:
     env = probe.env
-    job = env("SLURM_JOB_ID") or env("SLURM_JOBID")
-    if not job:
+    job_id = env("SLURM_JOB_ID") or env("SLURM_JOBID")
+    if not job_id:
         return NO_SLURM
+    job = _Job(probe, "slurm")
     if env("SLURM_HET_SIZE"):
-        why = f"job {job} is heterogeneous (SLURM_HET_SIZE): no per-component count is known"
-        return CpuLimit("slurm", None, why)
+        why = f"job {_shown(job_id)} is heterogeneous (SLURM_HET_SIZE): no count per component"
+        return job.limit(None, why)
     node = env("SLURMD_NODENAME")
     if not node:
         why = (
-            f"SLURM_JOB_ID={job} but no SLURMD_NODENAME: this process is not on a node of "
-            "the job (an salloc shell on a login node?), so the variables describe another host"
+            f"SLURM_JOB_ID={_shown(job_id)} but no SLURMD_NODENAME: this process is not on a "
+            "node of the job (an salloc shell on a login node?), so the variables describe "
+            "another host"
         )
-        return CpuLimit("slurm", None, why)
+        return job.limit(None, why)
     host = probe.hostname()
-    if _short(node) != _short(host):
-        why = f"SLURMD_NODENAME={node} is not this host ({host}): the variables came from elsewhere"
-        return CpuLimit("slurm", None, why)
-    node_list, per_node = env("SLURM_JOB_NODELIST"), env("SLURM_JOB_CPUS_PER_NODE")
-    listed, job_cpus = _node_entry(host, node_list, per_node)
+    short = _short(host)
+    if _short(node) != short:
+        why = (
+            f"SLURMD_NODENAME={_shown(node)} is not this host ({_shown(host)}): the variables "
+            "came from elsewhere"
+        )
+        return job.limit(None, why)
+    listed, job_cpus = job.node_entry(short, "SLURM_JOB_NODELIST", "SLURM_JOB_CPUS_PER_NODE")
     if not listed:
-        return CpuLimit("slurm", None, f"this host is not in SLURM_JOB_NODELIST={node_list}")
-    on_node = _whole(env("SLURM_CPUS_ON_NODE"))
+        why = f"this host is not in SLURM_JOB_NODELIST={_shown(env('SLURM_JOB_NODELIST'))}"
+        return job.limit(None, why)
+    per_node = f"SLURM_JOB_CPUS_PER_NODE={_shown(env('SLURM_JOB_CPUS_PER_NODE'))}"
+    on_node = job.figure("SLURM_CPUS_ON_NODE")
     step = env("SLURM_STEP_ID") or env("SLURM_STEPID")
     if not step:
         # The batch script: the batch step holds every CPU of the job on its node.
-        where = f"in the batch script on node {node}"
+        where = f"in the batch script on node {_shown(node)}"
         if on_node is not None:
             figure, why = on_node, f"SLURM_CPUS_ON_NODE={on_node} {where}"
         elif job_cpus is not None:
-            figure, why = (
-                job_cpus,
-                f"this node's entry of SLURM_JOB_CPUS_PER_NODE={per_node} {where}",
-            )
+            figure, why = job_cpus, f"this node's entry of {per_node} {where}"
         else:
-            return CpuLimit("slurm", None, f"no SLURM_CPUS_ON_NODE {where}")
+            return job.limit(None, f"no usable SLURM_CPUS_ON_NODE {where}")
     else:
-        where = f"for step {step} on node {node}"
-        _, tasks = _node_entry(host, env("SLURM_STEP_NODELIST"), env("SLURM_STEP_TASKS_PER_NODE"))
+        where = f"for step {_shown(step)} on node {_shown(node)}"
+        _, tasks = job.node_entry(short, "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
         if tasks is None and env("SLURM_STEP_NUM_NODES") == "1":
-            tasks = _whole(env("SLURM_STEP_NUM_TASKS"))
-        per_task = _whole(env("SLURM_CPUS_PER_TASK"))
+            tasks = job.figure("SLURM_STEP_NUM_TASKS")
+        per_task = job.figure("SLURM_CPUS_PER_TASK")
         # An inherited SLURM_CPUS_PER_TASK is the job's -c, which srun (22.05 on) does
         # not pass on: it counts only where the step's own figures confirm it.
-        passed = _whole(env("SRUN_CPUS_PER_TASK")) == per_task
+        passed = job.figure("SRUN_CPUS_PER_TASK") == per_task
         if per_task and tasks and on_node and per_task * tasks <= on_node:
             confirmed = per_task * tasks == on_node or passed
         else:
@@ -176,125 +452,150 @@ def _slurm(probe: _AnyProbe) -> CpuLimit:
                     f"step's: {per_task} CPUs x {tasks_here} here is not {on_node}"
                 )
         elif job_cpus is not None:
-            figure, why = job_cpus, f"this node's entry of SLURM_JOB_CPUS_PER_NODE={per_node}"
+            figure, why = job_cpus, f"this node's entry of {per_node}"
         else:
-            return CpuLimit("slurm", None, f"no SLURM_CPUS_ON_NODE {where}")
+            return job.limit(None, f"no usable SLURM_CPUS_ON_NODE {where}")
     if job_cpus is not None and job_cpus < figure:
-        figure, why = (
-            job_cpus,
-            f"{why}, capped by this node's {job_cpus} in SLURM_JOB_CPUS_PER_NODE",
-        )
-    return CpuLimit("slurm", figure, why)
+        figure, why = job_cpus, f"{why}, capped by this node's {job_cpus} in {per_node}"
+    return job.limit(figure, why)
 
 
-def _host_lines(probe: _AnyProbe, variable: str) -> tuple[str | None, list[str] | None]:
-    """(the file a variable names, its lines' first words as short host names)."""
+# -- The other schedulers: their variables and the files they name ---------------------
+
+
+def _node_lines(probe: _AnyProbe, variable: str, short: str) -> tuple[int, int] | str:
+    """(lines naming this host, lines naming another) by first word, in the node file a
+    variable names, or why it cannot be read."""
     path = probe.env(variable)
-    text = probe.read_named(path) if path else ENOENT
+    if not path:
+        return f"{variable} is not set"
+    text = probe.read_named(path)
     if isinstance(text, int):
-        return path, None
-    return path, [_short(line.split()[0]) for line in text.split("\n") if line.split()]
+        return f"{variable} is unreadable ({_shown(path)}: {unreadable(text)})"
+    mine = others = 0
+    for line in StringIO(text):  # a line at a time: Torque's file has a line per CPU
+        words = line.split(None, 1)
+        if words:
+            if _short(words[0]) == short:
+                mine += 1
+            else:
+                others += 1
+    return mine, others
 
 
 def _pbs(probe: _AnyProbe) -> CpuLimit:
     env = probe.env
-    job = env("PBS_JOBID")
-    if not job:
+    job_id = env("PBS_JOBID")
+    if not job_id:
         return NO_PBS
+    job = _Job(probe, "pbs")
     kind = env("PBS_ENVIRONMENT")
     if kind not in ("PBS_BATCH", "PBS_INTERACTIVE"):
-        why = f"PBS_JOBID={job} but PBS_ENVIRONMENT={kind}: not a job's batch or interactive shell"
-        return CpuLimit("pbs", None, why)
+        why = (
+            f"PBS_JOBID={_shown(job_id)} but PBS_ENVIRONMENT={_shown(kind)}: not a job's "
+            "batch or interactive shell"
+        )
+        return job.limit(None, why)
     host = probe.hostname()
-    path, hosts = _host_lines(probe, "PBS_NODEFILE")
-    if hosts is not None and _short(host) not in hosts:
-        return CpuLimit("pbs", None, f"this host ({host}) is not in PBS_NODEFILE={path}")
+    lines = _node_lines(probe, "PBS_NODEFILE", _short(host))
+    listed = f"PBS_NODEFILE={_shown(env('PBS_NODEFILE'))}"
+    if not isinstance(lines, str) and not lines[0]:
+        return job.limit(None, f"this host ({_shown(host)}) is not in {listed}")
     ppn = env("PBS_NUM_PPN")
     if ppn is not None:
         # Torque: the node file has a line per processor.
-        if hosts is not None:
-            count = hosts.count(_short(host))
-            why = f"this host ({host}) has {count} lines, one per CPU, in PBS_NODEFILE={path}"
-            return CpuLimit("pbs", count, why)
-        if env("PBS_NUM_NODES") == "1" and _whole(ppn):
-            return CpuLimit("pbs", int(ppn), f"PBS_NUM_PPN={ppn} for a one-node Torque job")
-        why = f"Torque job (PBS_NUM_PPN={ppn}) on several nodes, and PBS_NODEFILE unreadable"
-        return CpuLimit("pbs", None, why)
-    ncpus = _whole(env("NCPUS"))
+        if not isinstance(lines, str):
+            why = f"this host ({_shown(host)}) has {lines[0]} lines, one per CPU, in {listed}"
+            return job.limit(lines[0], why)
+        if env("PBS_NUM_NODES") != "1":
+            why = f"Torque job (PBS_NUM_PPN={_shown(ppn)}) on several nodes, and {lines}"
+            return job.limit(None, why)
+        count = job.figure("PBS_NUM_PPN")
+        if count is None:
+            return job.limit(None, f"a one-node Torque job without a usable count, and {lines}")
+        return job.limit(count, f"PBS_NUM_PPN={count} for a one-node Torque job")
+    ncpus = job.figure("NCPUS")
     if ncpus is None:
-        return CpuLimit("pbs", None, f"PBS job {job} without NCPUS or PBS_NUM_PPN")
-    if hosts is None:
-        why = f"NCPUS={ncpus}, but PBS_NODEFILE is unreadable: the job may span other hosts"
-        return CpuLimit("pbs", None, why)
-    if any(name != _short(host) for name in hosts) or len(hosts) > ncpus:
-        why = f"NCPUS={ncpus} is one chunk's, and PBS_NODEFILE={path} lists other hosts too"
-        return CpuLimit("pbs", None, why)
-    return CpuLimit("pbs", ncpus, f"NCPUS={ncpus} for a job on this host alone ({path})")
+        return job.limit(None, f"PBS job {_shown(job_id)} without NCPUS or PBS_NUM_PPN")
+    if isinstance(lines, str):
+        return job.limit(None, f"NCPUS={ncpus}, but {lines}: the job may span other hosts")
+    mine, others = lines
+    if others or mine > ncpus:
+        why = f"NCPUS={ncpus} is one chunk's, and {listed} lists other hosts too"
+        return job.limit(None, why)
+    return job.limit(ncpus, f"NCPUS={ncpus} for a job on this host alone ({listed})")
 
 
 def _sge(probe: _AnyProbe) -> CpuLimit:
     env = probe.env
-    job = env("JOB_ID")
-    if not job or not (env("SGE_ROOT") or env("SGE_CELL")):
+    job_id = env("JOB_ID")
+    if not job_id or not (env("SGE_ROOT") or env("SGE_CELL")):
         return NO_SGE
+    job = _Job(probe, "sge")
     nslots = env("NSLOTS")
     path = env("PE_HOSTFILE")
     if not path:
         nhosts = env("NHOSTS")
-        slots = _whole(nslots)
+        slots = job.figure("NSLOTS")
         if slots is not None and (not nhosts or nhosts == "1"):
-            return CpuLimit("sge", slots, f"NSLOTS={slots} for job {job} on one host")
-        return CpuLimit("sge", None, f"NSLOTS={nslots} over NHOSTS={nhosts}, and no PE_HOSTFILE")
+            return job.limit(slots, f"NSLOTS={slots} for job {_shown(job_id)} on one host")
+        why = f"NSLOTS={_shown(nslots)} over NHOSTS={_shown(nhosts)}, and no PE_HOSTFILE"
+        return job.limit(None, why)
     text = probe.read_named(path)
     if isinstance(text, int):
-        return CpuLimit("sge", None, f"PE_HOSTFILE={path} unreadable ({unreadable(text)})")
+        return job.limit(None, f"PE_HOSTFILE={_shown(path)} unreadable ({unreadable(text)})")
     host = probe.hostname()
+    short = _short(host)
     slots = 0
-    for line in text.split("\n"):
-        fields = line.split()
-        if len(fields) >= 2 and _short(fields[0]) == _short(host):
-            count = _whole(fields[1])
-            if count is None:
-                return CpuLimit("sge", None, f"PE_HOSTFILE={path}: bad slot count in {line!r}")
+    for line in StringIO(text):  # host, slots, queue, processor range
+        fields = line.split(None, 2)
+        if len(fields) >= 2 and _short(fields[0]) == short:
+            count = _figure(fields[1])
+            if isinstance(count, str):
+                why = f"PE_HOSTFILE={_shown(path)}: bad slot count in {_shown(line.strip())!r}"
+                return job.limit(None, f"{why} ({count})")
             slots += count
     if not slots:
-        return CpuLimit("sge", None, f"this host ({host}) is not in PE_HOSTFILE={path}")
-    why = f"this host ({host}) has {slots} slots in PE_HOSTFILE={path} (NSLOTS={nslots} in all)"
-    return CpuLimit("sge", slots, why)
+        return job.limit(None, f"this host ({_shown(host)}) is not in PE_HOSTFILE={_shown(path)}")
+    why = (
+        f"this host ({_shown(host)}) has {slots} slots in PE_HOSTFILE={_shown(path)} "
+        f"(NSLOTS={_shown(nslots)} in all)"
+    )
+    return job.limit(slots, why)
 
 
 def _lsf(probe: _AnyProbe) -> CpuLimit:
     env = probe.env
     if not env("LSB_JOBID"):
         return NO_LSF
+    job = _Job(probe, "lsf")
     host = probe.hostname()
     short = _short(host)
     pairs = env("LSB_MCPU_HOSTS")
+    listed = env("LSB_HOSTS")
     if pairs:
         words = pairs.split()
-        counts = [_whole(count) for count in words[1::2]]
-        if len(words) % 2 or None in counts:
-            return CpuLimit("lsf", None, f"LSB_MCPU_HOSTS={pairs!r} is not 'host count ...' pairs")
-        slots = sum(
-            c or 0 for name, c in zip(words[::2], counts, strict=True) if _short(name) == short
-        )
-        source = f'LSB_MCPU_HOSTS="{pairs}"'
+        counts = _figures(words[1::2]) if len(words) % 2 == 0 else "a host without its count"
+        if isinstance(counts, str):
+            why = f"LSB_MCPU_HOSTS={_shown(pairs)!r} is not 'host count ...' pairs ({counts})"
+            return job.limit(None, why)
+        hosts = zip(words[::2], counts, strict=True)
+        slots = sum(count for name, count in hosts if _short(name) == short)
+        source = f'LSB_MCPU_HOSTS="{_shown(pairs)}"'
+    elif listed:
+        slots = sum(_short(name) == short for name in listed.split())
+        source = f'LSB_HOSTS="{_shown(listed)}"'
     else:
-        listed = env("LSB_HOSTS")
-        if listed:
-            names: list[str] | None = [_short(name) for name in listed.split()]
-            source = f'LSB_HOSTS="{listed}"'
-        else:
-            path, names = _host_lines(probe, "LSB_DJOB_HOSTFILE")
-            source = f"LSB_DJOB_HOSTFILE={path}"
-        if names is None:
-            return CpuLimit("lsf", None, "none of LSB_MCPU_HOSTS, LSB_HOSTS, LSB_DJOB_HOSTFILE")
-        slots = names.count(short)
+        lines = _node_lines(probe, "LSB_DJOB_HOSTFILE", short)
+        if isinstance(lines, str):
+            return job.limit(None, f"none of LSB_MCPU_HOSTS, LSB_HOSTS, LSB_DJOB_HOSTFILE: {lines}")
+        slots = lines[0]
+        source = f"LSB_DJOB_HOSTFILE={_shown(env('LSB_DJOB_HOSTFILE'))}"
     if not slots:
-        return CpuLimit("lsf", None, f"this host ({host}) is not in {source}")
+        return job.limit(None, f"this host ({_shown(host)}) is not in {source}")
     total = env("LSB_DJOB_NUMPROC")
-    of = f" (LSB_DJOB_NUMPROC={total} in all)" if total and total != str(slots) else ""
-    return CpuLimit("lsf", slots, f"this host ({host}) has {slots} slots in {source}{of}")
+    of = f" (LSB_DJOB_NUMPROC={_shown(total)} in all)" if total and total != str(slots) else ""
+    return job.limit(slots, f"this host ({_shown(host)}) has {slots} slots in {source}{of}")
 
 
 def _htcondor(probe: _AnyProbe) -> CpuLimit:
@@ -303,14 +604,16 @@ def _htcondor(probe: _AnyProbe) -> CpuLimit:
         return NO_HTCONDOR
     text = probe.read_named(path)
     if isinstance(text, int):
-        why = f"_CONDOR_MACHINE_AD={path} unreadable ({unreadable(text)})"
+        why = f"_CONDOR_MACHINE_AD={_shown(path)} unreadable ({unreadable(text)})"
         return CpuLimit("htcondor", None, why)
-    for line in text.split("\n"):
+    where = f"({_shown(path)})"
+    for line in StringIO(text):
         name, equals, value = line.partition("=")
         if equals and name.strip().lower() == "cpus":  # ClassAd names ignore case
-            cpus = _whole(value.strip())
-            if cpus is None:
-                why = f"Cpus = {value.strip()} in the machine ad ({path}) is not a whole number"
-                return CpuLimit("htcondor", None, why)
-            return CpuLimit("htcondor", cpus, f"Cpus = {cpus} in the slot's machine ad ({path})")
-    return CpuLimit("htcondor", None, f"no Cpus in the machine ad ({path})")
+            value = value.strip()
+            cpus = _figure(value)
+            if isinstance(cpus, str):
+                why = f"Cpus = {_shown(value)} in the machine ad {where} is not a whole number"
+                return CpuLimit("htcondor", None, f"{why} ({cpus})")
+            return CpuLimit("htcondor", cpus, f"Cpus = {cpus} in the slot's machine ad {where}")
+    return CpuLimit("htcondor", None, f"no Cpus in the machine ad {where}")
