@@ -1,0 +1,144 @@
+"""Properties of the search in Slurm's compressed lists, on both cores: a host is found
+where the expanded list has it, and any text at all is answered, quickly, without an
+exception: through the search itself and through a whole walk over a captured system."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+from conftest import linux_only
+from test_cpu_schedulers import captured, slurm_batch
+
+import toil_threading
+from toil_threading import _schedulers
+
+hypothesis = pytest.importorskip("hypothesis")
+st = pytest.importorskip("hypothesis.strategies")
+
+pytestmark = linux_only
+
+# A fixed budget, and fixtures made once per test rather than once per example: the
+# captured system is rewritten by each.
+budget = hypothesis.settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+
+
+def expanded(nodes: str) -> list[str]:
+    """Every name of a host list, the long way: each name with brackets expanded in
+    full, as Slurm's scontrol show hostnames would print them."""
+    names = []
+    depth = start = 0
+    for position, character in enumerate(nodes + ","):
+        depth += {"[": 1, "]": -1}.get(character, 0)
+        if character == "," and not depth:
+            parts = nodes[start:position].replace("]", "[").split("[")
+            start = position + 1
+            values = [
+                [
+                    f"{value:0{len(first)}d}"
+                    for first, _, last in (part.partition("-") for part in inside.split(","))
+                    for value in range(int(first), int(last or first) + 1)
+                ]
+                for inside in parts[1::2]
+            ]
+            for chosen in itertools.product(*values):
+                names.append("".join(a + b for a, b in zip(parts[::2], [*chosen, ""], strict=True)))
+    return names
+
+
+def slurm_limit(root: Path) -> toil_threading.CpuLimit:
+    [slurm] = [
+        limit for limit in toil_threading.explain_cpu_count(root).limits if limit.source == "slurm"
+    ]
+    return slurm
+
+
+def short(name: str) -> str:
+    return name.partition(".")[0].lower()
+
+
+@st.composite
+def bracket(draw: st.DrawFn) -> str:
+    """A bracket as Slurm writes it: ranges whose two ends have the first one's digits."""
+    ranges = []
+    for _ in range(draw(st.integers(1, 3))):
+        digits = draw(st.integers(1, 3))
+        low = draw(st.integers(0, 12))
+        high = low + draw(st.integers(0, 3))
+        written = f"{low:0{digits}d}"
+        ranges.append(written if high == low else f"{written}-{high:0{digits}d}")
+    return "[" + ",".join(ranges) + "]"
+
+
+@st.composite
+def host_list(draw: st.DrawFn) -> str:
+    """A host list of the forms Slurm writes and slurm.conf(5) shows: names, some with a
+    domain, some with one or two brackets, with text between them that starts with a
+    non-digit."""
+    head = st.sampled_from(["n", "cn", "gpu-a", "Rack", "x1y", "", "sn.d"])
+    between = st.sampled_from(["b", "-n", "_blade", ".ib", "x2"])
+    names = []
+    for _ in range(draw(st.integers(1, 4))):
+        name = draw(head)
+        brackets = draw(st.integers(0 if name else 1, 2))
+        for index in range(brackets):
+            name += draw(bracket()) + (draw(between) if index + 1 < brackets else "")
+        names.append(name)
+    return ",".join(names)
+
+
+@budget
+@hypothesis.given(nodes=host_list(), data=st.data())
+def test_a_host_is_found_where_the_expanded_list_has_it(
+    core: str, tmp_path: Path, nodes: str, data: st.DataObject
+) -> None:
+    names = [short(name) for name in expanded(nodes)]
+    host = data.draw(st.sampled_from([*names, "n1", "cn01", "rack1b2", "elsewhere"]))
+    place = names.index(host) if host in names else None
+    assert _schedulers._host_position(nodes, host) == (place, len(names))
+    # And through a walk: each name's count is its place plus one, under the 1000 CPUs of
+    # SLURM_CPUS_ON_NODE, so the cap shows where the walk found this host.
+    counts = ",".join(str(index + 1) for index in range(len(names)))
+    environ = slurm_batch(
+        host, SLURM_JOB_NODELIST=nodes, SLURM_JOB_CPUS_PER_NODE=counts, SLURM_CPUS_ON_NODE="1000"
+    )
+    slurm = slurm_limit(captured(tmp_path, environ, host))
+    assert slurm.cpus == (None if place is None else place + 1), slurm
+
+
+# Any text, and text made of what Slurm's lists are made of, to reach deeper.
+ANY_TEXT = st.one_of(
+    st.text(max_size=200).filter(lambda text: "\0" not in text),
+    st.text(alphabet="nab01289[],-()x.²", max_size=60),
+)
+
+
+@budget
+@hypothesis.given(text=ANY_TEXT, host=st.sampled_from(["n1", "n01", "a", "x10", "b2"]))
+def test_any_text_is_answered_at_once(core: str, tmp_path: Path, text: str, host: str) -> None:
+    started = time.perf_counter()
+    position = _schedulers._host_position(text, host)
+    entry = _schedulers._repeated_entry(text, 1)
+    assert time.perf_counter() - started < 0.050
+    for answer in (position, entry):
+        assert isinstance(answer, str) or (
+            answer[0] is None or 0 <= answer[0] < answer[1] <= 2**31 - 1
+        ), answer
+    # And through a walk, as each of the variables that hold a list or a figure.
+    environ = slurm_batch(
+        host,
+        SLURM_JOB_NODELIST=text,
+        SLURM_JOB_CPUS_PER_NODE=text,
+        SLURM_STEP_ID="0",
+        SLURM_STEP_NODELIST=text,
+        SLURM_STEP_TASKS_PER_NODE=text,
+        SLURM_CPUS_PER_TASK=text,
+    )
+    slurm = slurm_limit(captured(tmp_path, environ, host))
+    assert slurm.cpus is None or 1 <= slurm.cpus <= 8, slurm
