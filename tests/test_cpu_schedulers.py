@@ -3,6 +3,7 @@ each counts only where its variables clearly describe this host's share."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,25 @@ SLURM_JOB = {
             "cn02",
             8,
             "this node's entry of SLURM_JOB_CPUS_PER_NODE",
+        ),
+        # The step's tasks here cannot be told: -c is not confirmed.
+        (
+            {
+                "SLURM_STEP_ID": "3",
+                "SLURM_CPUS_ON_NODE": "4",
+                "SLURM_CPUS_PER_TASK": "2",
+                "SLURM_STEP_NODELIST": "cn[01-02]",
+                "SLURM_STEP_TASKS_PER_NODE": "2(x2",
+            },
+            "cn01",
+            4,
+            "ignored: SLURM_STEP_TASKS_PER_NODE=2(x2 (a repeat not written as count(xtimes))",
+        ),
+        (
+            {"SLURM_STEP_ID": "3", "SLURM_CPUS_ON_NODE": "6", "SLURM_CPUS_PER_TASK": "-2"},
+            "cn01",
+            6,
+            "ignored: SLURM_CPUS_PER_TASK=-2 (not a whole number in ASCII digits)",
         ),
         (
             {"SLURM_STEP_ID": "3", "SLURM_CPUS_ON_NODE": "16"},
@@ -347,6 +367,43 @@ def test_what_once_hung_or_raised_is_ignored_at_once(
     assert (found, words in detail) == (cpus, True), detail
 
 
+@pytest.mark.parametrize(("variables", "cpus", "words"), FOUND)
+def test_what_once_hung_or_raised_is_ignored_by_a_process_at_its_start(
+    core: str, variables: dict[str, str], cpus: int, words: str
+) -> None:
+    # cpu_count() runs as Toil's batch system is imported, so a job's environment reaches
+    # every process: one started in it reads its own at once, and goes on.
+    host = _schedulers._short(os.uname().nodename)
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SLURM", "PYTHON_CPU_COUNT"))
+    }
+    environ.update(slurm_batch(host, **{k: v.replace("host", host) for k, v in variables.items()}))
+    code = (
+        "import json, time, toil_threading\n"
+        "started = time.perf_counter()\n"
+        "toil_threading.cpu_count()\n"
+        "took = time.perf_counter() - started\n"
+        "[slurm] = [limit for limit in toil_threading.explain_cpu_count().limits\n"
+        "           if limit.source == 'slurm']\n"
+        "print(json.dumps([took, slurm.cpus, slurm.detail]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", core_prelude(core) + code],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd="/",
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    took, found, detail = json.loads(done.stdout)
+    assert (found, words.replace("host", host) in detail) == (cpus, True), detail
+    assert took < 0.050
+
+
 PBS_JOB = {"PBS_JOBID": "12.server", "PBS_ENVIRONMENT": "PBS_BATCH", "PBS_NODEFILE": "/aux/12"}
 
 
@@ -364,6 +421,15 @@ PBS_JOB = {"PBS_JOBID": "12.server", "PBS_ENVIRONMENT": "PBS_BATCH", "PBS_NODEFI
         ({"NCPUS": "6"}, "n018\n", None, "is not in PBS_NODEFILE"),
         ({"NCPUS": "6", "PBS_ENVIRONMENT": "PBS_OTHER"}, "n017\n", None, "PBS_ENVIRONMENT"),
         ({"PBS_NP": "16", "OMP_NUM_THREADS": "16"}, "n017\n", None, "without NCPUS"),
+        # A figure that is not one is ignored, and the detail says why.
+        ({"NCPUS": "6.0"}, "n017\n", None, "ignored: NCPUS=6.0 (not a whole number in ASCII"),
+        (
+            {"PBS_NUM_PPN": "4" * 5000, "PBS_NUM_NODES": "1"},
+            None,
+            None,
+            "... (5000 characters) (more than 10 digits)",
+        ),
+        ({"NCPUS": "6"}, None, None, "PBS_NODEFILE is unreadable (/aux/12: No such file"),
     ],
 )
 def test_pbs(
@@ -397,6 +463,19 @@ SGE_JOB = {"JOB_ID": "4711", "SGE_ROOT": "/opt/sge"}
         ({"NSLOTS": "4", "PE_HOSTFILE": "/spool/pe"}, "node12 4 a.q UNDEFINED\n", None, "not in"),
         ({"NSLOTS": "4", "PE_HOSTFILE": "/spool/pe"}, None, None, "unreadable"),
         ({"NSLOTS": "4", "PE_HOSTFILE": "/spool/pe"}, "node07 many a.q\n", None, "bad slot"),
+        ({"NSLOTS": "2147483648"}, None, None, "ignored: NSLOTS=2147483648 (above 2147483647)"),
+        (
+            {"NSLOTS": "4", "PE_HOSTFILE": "/spool/pe"},
+            "node07 00 a.q UNDEFINED\n",
+            None,
+            "bad slot count in 'node07 00 a.q UNDEFINED' (zero)",
+        ),
+        (
+            {"NSLOTS": "4", "PE_HOSTFILE": "/spool/pe"},
+            f"node07 {'9' * 5000} a.q UNDEFINED\n",
+            None,
+            "(more than 10 digits)",
+        ),
     ],
 )
 def test_sge(
@@ -425,6 +504,9 @@ def test_sge_needs_its_root(core: str, tmp_path: Path) -> None:
         ({"LSB_HOSTS": "ib-c01 ib-c01 ib-c02"}, None, 2, 'LSB_HOSTS="ib-c01 ib-c01 ib-c02"'),
         ({"LSB_DJOB_HOSTFILE": "/h"}, "ib-c01\nib-c01\nib-c01\n", 3, "LSB_DJOB_HOSTFILE=/h"),
         ({"LSB_DJOB_NUMPROC": "8"}, None, None, "none of LSB_MCPU_HOSTS"),
+        ({"LSB_MCPU_HOSTS": "ib-c01 2147483648"}, None, None, "pairs (above 2147483647)"),
+        ({"LSB_MCPU_HOSTS": "ib-c01 6 ib-c02"}, None, None, "pairs (a host without its count)"),
+        ({"LSB_DJOB_HOSTFILE": "/h"}, None, None, "LSB_DJOB_HOSTFILE is unreadable (/h: No such"),
     ],
 )
 def test_lsf(
@@ -448,6 +530,9 @@ def test_lsf(
         ("Cpus = RequestCpus\n", None, "is not a whole number"),
         ("TotalCpus = 64\n", None, "no Cpus in the machine ad"),
         (None, None, "unreadable"),
+        ("Cpus = 0\n", None, "is not a whole number (zero)"),
+        ("Cpus = \u0664\n", None, "is not a whole number (not a whole number in ASCII digits)"),
+        (f"Cpus = {'4' * 5000}\n", None, "(5000 characters) in the machine ad"),
     ],
 )
 def test_htcondor(core: str, tmp_path: Path, ad: str | None, cpus: int | None, words: str) -> None:

@@ -24,24 +24,29 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._cpu import AnyProbe as _AnyProbe
 
-# A figure is at most this many digits, checked before int() sees it, and at most a C
-# int (what the schedulers keep their counts in).
+# A figure is 1 to 10 ASCII digits, checked before int() sees them, and at most a C int
+# (what the schedulers keep their counts in).  A number in a Slurm bracket, part of a
+# host's name, is at most 10 digits too.
 _MOST_DIGITS = 10
 _LARGEST = 2**31 - 1
 # Slurm refuses a bracket range of more than 64K names (MAX_RANGE in its hostlist.c).
 _SLURM_MOST_IN_RANGE = 64 * 1024
-_DIGITS = "0123456789"
-_ALL_BUT_BRACKETS = str.maketrans("", "", "abcdefghijklmnopqrstuvwxyz0123456789-_.,")
-_RANGE_CHARACTERS = str.maketrans("", "", "0123456789-,")
-_NO_DIGITS = str.maketrans("", "", "0123456789")
-_REPEAT_CHARACTERS = str.maketrans("", "", "0123456789,(x)")
 # How much of a value from outside a detail shows.
 _SHOWN = 200
-# What a Slurm host list may hold: host names (letters, digits, "-", "_", ".") with
-# bracketed ranges, between commas.  str.translate deletes them, leaving the strays.
-_HOST_LIST_CHARACTERS = str.maketrans(
-    "", "", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,[]"
-)
+_DIGITS = "0123456789"
+_HOST_NAME = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_." + _DIGITS
+
+
+def _deleting(characters: str) -> dict[int, int | None]:
+    """A str.translate table that deletes characters: what is left is all the others."""
+    return str.maketrans("", "", characters)
+
+
+_NOT_IN_HOST_LISTS = _deleting(_HOST_NAME + ",[]")  # host names between commas
+_BRACKETS_ALONE = _deleting(_HOST_NAME + ",")
+_NOT_IN_BRACKETS = _deleting(_DIGITS + "-,")
+_NOT_IN_COUNTS = _deleting(_DIGITS + ",(x)")
+_NOT_DIGITS = _deleting(_DIGITS)
 
 
 def limits(probe: _AnyProbe) -> list[CpuLimit]:
@@ -172,10 +177,10 @@ def _split_host_list(text: str) -> tuple[list[str], list[str], list[int]] | str:
     Checked with whole-string operations first, so that each bracket only needs its
     ranges' numbers compared (_ranges_size).
     """
-    stray = text.translate(_HOST_LIST_CHARACTERS)
+    stray = text.translate(_NOT_IN_HOST_LISTS)
     if stray:
         return f"{stray[0]!r} cannot be part of a host name"
-    marks = text.translate(_ALL_BUT_BRACKETS)
+    marks = text.translate(_BRACKETS_ALONE)
     if marks != "[]" * (len(marks) // 2):
         nested, unopened = marks.find("[["), marks.find("]]")
         if marks[0] == "]" or 0 <= unopened < nested or nested < 0 <= unopened:
@@ -200,12 +205,12 @@ def _split_host_list(text: str) -> tuple[list[str], list[str], list[int]] | str:
 
 def _ranges_fault(ranges: str) -> str:
     """Why the ranges of a list's brackets (joined by commas) are malformed, or ""."""
-    stray = ranges.translate(_RANGE_CHARACTERS)
+    stray = ranges.translate(_NOT_IN_BRACKETS)
     if stray:
         return f"{stray[0]!r} in brackets"
     if ",," in f",{ranges},":
         return "an empty range"
-    if ",-" in f",{ranges}" or "-," in f"{ranges}," or "--" in ranges.translate(_NO_DIGITS):
+    if ",-" in f",{ranges}" or "-," in f"{ranges}," or "--" in ranges.translate(_NOT_DIGITS):
         return "a range without its two numbers"
     if max(map(len, ranges.replace("-", ",").split(","))) > _MOST_DIGITS:
         return f"a number of more than {_MOST_DIGITS} digits in brackets"
@@ -298,12 +303,12 @@ def _value_place(inside: str, digits: str) -> int | None:
 def _repeated_entry(text: str, index: int) -> tuple[int | None, int] | str:
     """(the entry at index, None past the end; how many entries) of Slurm's per-node
     counts, "72(x2),36" standing for 72, 72, 36; or why they are malformed."""
-    stray = text.translate(_REPEAT_CHARACTERS)
+    stray = text.translate(_NOT_IN_COUNTS)
     if stray:
         return f"{stray[0]!r} in a list of counts"
     # Each part is a count, with a repeat after it or not: without their digits, the
     # parts are "" or "(x)", and the digits come before "(x" and before ")".
-    shapes = set(text.translate(_NO_DIGITS).split(","))
+    shapes = set(text.translate(_NOT_DIGITS).split(","))
     ends = f"{text},"
     if not shapes <= {"", "(x)"} or ",(" in f",{text}" or ends.count(")") != ends.count("),"):
         return "a repeat not written as count(xtimes)"
