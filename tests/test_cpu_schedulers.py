@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import core_prelude, linux_only
+from conftest import core_prelude, linux_only, run_cli
 
 import toil_threading
 from toil_threading import _schedulers
@@ -402,6 +402,17 @@ def test_what_once_hung_or_raised_is_ignored_by_a_process_at_its_start(
     took, found, detail = json.loads(done.stdout)
     assert (found, words.replace("host", host) in detail) == (cpus, True), detail
     assert took < 0.050
+
+
+def test_an_undecodable_value_is_explained_in_a_printable_form(core: str) -> None:
+    # An environment's bytes that are not UTF-8 come as lone surrogates, which print()
+    # cannot write: the explanation shows the value escaped.
+    node = os.uname().nodename
+    env = {"SLURM_JOB_ID": "5", "SLURMD_NODENAME": node, "SLURM_CPUS_ON_NODE": "4\udcff"}
+    done = run_cli(core, "cpus", "--explain", env=env)
+    assert done.returncode == 0, done.stderr
+    why = "ignored: SLURM_CPUS_ON_NODE='4\\udcff' (not a whole number in ASCII digits)"
+    assert why in done.stdout, done.stdout
 
 
 PBS_JOB = {"PBS_JOBID": "12.server", "PBS_ENVIRONMENT": "PBS_BATCH", "PBS_NODEFILE": "/aux/12"}

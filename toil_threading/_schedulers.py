@@ -80,12 +80,14 @@ def _figure(text: str) -> int | str:
 
 
 def _shown(text: str | None) -> str:
-    """A value from outside as a detail shows it: cut short when long."""
+    """A value from outside as a detail shows it: cut short when long, quoted with
+    escapes where it holds what cannot be printed (the undecodable bytes of an
+    environment come as lone surrogates, which no terminal can write)."""
     if text is None:
         return "(unset)"
-    if len(text) <= _SHOWN:
-        return text
-    return f"{text[:_SHOWN]}... ({len(text)} characters)"
+    cut = text[:_SHOWN]
+    shown = cut if cut.isprintable() else repr(cut)
+    return shown if len(text) <= _SHOWN else f"{shown}... ({len(text)} characters)"
 
 
 def _short(host: str) -> str:
