@@ -151,3 +151,68 @@ def test_any_text_is_answered_at_once(core: str, tmp_path: Path, text: str, host
     )
     slurm = slurm_limit(captured(tmp_path, environ, host))
     assert slurm.cpus is None or 1 <= slurm.cpus <= 8, slurm
+
+
+# -- The files that variables name, searched whole: as a line-by-line reading says ------
+# Lines split at "\n", words at ASCII whitespace (what the files hold), names compared
+# before their first dot and in any case.
+
+FILE_TEXT = st.one_of(
+    st.text(alphabet="HosTn01.9 \t\r\v\f\x1c\x1f\n=Cpus-x", max_size=120),
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=120),
+)
+FILE_HOSTS = st.sampled_from(["host", "n0", "cpus", "x", "h.o"])
+
+
+def first_words(text: str, most: int) -> list[list[str]]:
+    """Each line's first words, at most most of them, the long way."""
+    return [words for line in text.split("\n") if (words := line.split(None, most)[:most])]
+
+
+@budget
+@hypothesis.given(text=FILE_TEXT, host=FILE_HOSTS)
+def test_node_file_lines_are_counted_as_read_line_by_line(core: str, text: str, host: str) -> None:
+    mine = sum(short(words[0]) == host for words in first_words(text, 1))
+    assert _schedulers._lines_naming(text, host) == (mine, len(first_words(text, 1)) - mine)
+
+
+@budget
+@hypothesis.given(text=FILE_TEXT, host=FILE_HOSTS)
+def test_pe_hostfile_slots_are_summed_as_read_line_by_line(core: str, text: str, host: str) -> None:
+    written = [slots for name, slots in pairs(text) if short(name) == host]
+    found = _schedulers._slots(text, host)
+    if all(figure(slots) for slots in written):
+        assert found == sum(map(int, written))
+    else:
+        assert isinstance(found, str), found
+
+
+@budget
+@hypothesis.given(text=FILE_TEXT)
+def test_a_machine_ad_gives_its_first_cpus_as_read_line_by_line(core: str, text: str) -> None:
+    values = [value for name, value in assignments(text) if name.lower() == "cpus"]
+    found = _schedulers._ad_cpus(text)
+    if not values:
+        assert found is None
+    elif figure(values[0]):
+        assert found == (values[0], int(values[0]))
+    else:
+        assert found is not None and isinstance(found[1], str), found
+
+
+def pairs(text: str) -> list[tuple[str, str]]:
+    """The first two words of each line that has two, the long way."""
+    return [(words[0], words[1]) for words in first_words(text, 2) if len(words) == 2]
+
+
+def assignments(text: str) -> list[tuple[str, str]]:
+    """(name, value) of each line with an "=", whitespace runs made single spaces."""
+    lines = [line.partition("=") for line in text.split("\n")]
+    return [
+        (" ".join(name.split()), " ".join(value.split())) for name, equals, value in lines if equals
+    ]
+
+
+def figure(text: str) -> bool:
+    """Whether text is a figure: 1 to 10 ASCII digits, from 1 to 2**31 - 1."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and 0 < int(text) < 2**31

@@ -15,8 +15,6 @@ here raises.
 
 from __future__ import annotations
 
-from io import StringIO
-
 from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit, unreadable
 from ._cpu_limits import tasks_in_words as _tasks
 
@@ -47,6 +45,8 @@ _BRACKETS_ALONE = _deleting(_HOST_NAME + ",")
 _NOT_IN_BRACKETS = _deleting(_DIGITS + "-,")
 _NOT_IN_COUNTS = _deleting(_DIGITS + ",(x)")
 _NOT_DIGITS = _deleting(_DIGITS)
+# ASCII whitespace but the newline, as str.split() knows it, made spaces.
+_SPACES = str.maketrans("\t\r\v\f\x1c\x1d\x1e\x1f", " " * 8)
 
 
 def limits(probe: _AnyProbe) -> list[CpuLimit]:
@@ -93,6 +93,20 @@ def _shown(text: str | None) -> str:
 def _short(host: str) -> str:
     """A host name as schedulers' lists are compared: before the first dot, lower case."""
     return host.strip().partition(".")[0].lower()
+
+
+def _searchable(text: str) -> str:
+    """A file's text as it is searched here, in lower case: each line between "\n" and
+    "\x1e" (whitespace, so no longer in it), its words one space apart, none at its ends.
+
+    Made with whole-string operations only: a file may be 1 MiB of short lines (a node
+    file has a line per CPU), too many to look at one by one.
+    """
+    text = text.lower().translate(_SPACES)
+    while "  " in text:  # each pass halves every run of spaces
+        text = text.replace("  ", " ")
+    text = text.strip(" ").replace("\n ", "\n").replace(" \n", "\n")
+    return "\n" + text.replace("\n", "\x1e\n") + "\x1e"
 
 
 # -- Slurm's compressed lists, searched and counted, never expanded ----------------------
@@ -479,15 +493,43 @@ def _node_lines(probe: _AnyProbe, variable: str, short: str) -> tuple[int, int] 
     text = probe.read_named(path)
     if isinstance(text, int):
         return f"{variable} is unreadable ({_shown(path)}: {unreadable(text)})"
-    mine = others = 0
-    for line in StringIO(text):  # a line at a time: Torque's file has a line per CPU
-        words = line.split(None, 1)
-        if words:
-            if _short(words[0]) == short:
-                mine += 1
-            else:
-                others += 1
-    return mine, others
+    return _lines_naming(text, short)
+
+
+def _lines_naming(text: str, short: str) -> tuple[int, int]:
+    """(lines of a node file whose first word names this host, alone or with its domain;
+    lines that name another), counted in the whole text."""
+    lines = _searchable(text)
+    named = lines.count("\n") - lines.count("\n\x1e")  # lines that are not blank
+    mine = sum(lines.count(f"\n{short}{end}") for end in ("\x1e", " ", ".")) if short else 0
+    return mine, named - mine
+
+
+def _slots(text: str, short: str) -> int | str:
+    """This host's slots in a PE_HOSTFILE (lines of host, slots, queue, processor range),
+    summed over its lines, or why one is not a figure.
+
+    Split where this host's name starts a line, alone or with its domain, the text
+    leaves the slots as the first word after the name (every word is made to end in a
+    space, and a line in "\x1e").
+    """
+    lines = _searchable(text).replace("\x1e", " \x1e") if short else ""
+    alone = [after.partition(" ")[0] for after in lines.split(f"\n{short} ")[1:]]
+    with_domain = [after.split(" ", 2)[1] for after in lines.split(f"\n{short}.")[1:]]
+    written = [word for word in alone + with_domain if word[0] != "\x1e"]  # not a line's end
+    counts = _figures(written) if written else []
+    return counts if isinstance(counts, str) else sum(counts)
+
+
+def _ad_cpus(text: str) -> tuple[str, int | str] | None:
+    """(the value of the first "Cpus = ..." in a machine ad, the figure it is or why it
+    is not one), None where there is none (ClassAd names ignore case)."""
+    lines = _searchable(text).replace(" =", "=").replace("= ", "=")
+    at = lines.find("\ncpus=")
+    if at < 0:
+        return None
+    value = lines[at + len("\ncpus=") : lines.find("\x1e", at)]
+    return value, _figure(value)
 
 
 def _pbs(probe: _AnyProbe) -> CpuLimit:
@@ -543,9 +585,9 @@ def _sge(probe: _AnyProbe) -> CpuLimit:
     path = env("PE_HOSTFILE")
     if not path:
         nhosts = env("NHOSTS")
-        slots = job.figure("NSLOTS")
-        if slots is not None and (not nhosts or nhosts == "1"):
-            return job.limit(slots, f"NSLOTS={slots} for job {_shown(job_id)} on one host")
+        serial = job.figure("NSLOTS")
+        if serial is not None and (not nhosts or nhosts == "1"):
+            return job.limit(serial, f"NSLOTS={serial} for job {_shown(job_id)} on one host")
         why = f"NSLOTS={_shown(nslots)} over NHOSTS={_shown(nhosts)}, and no PE_HOSTFILE"
         return job.limit(None, why)
     text = probe.read_named(path)
@@ -553,15 +595,10 @@ def _sge(probe: _AnyProbe) -> CpuLimit:
         return job.limit(None, f"PE_HOSTFILE={_shown(path)} unreadable ({unreadable(text)})")
     host = probe.hostname()
     short = _short(host)
-    slots = 0
-    for line in StringIO(text):  # host, slots, queue, processor range
-        fields = line.split(None, 2)
-        if len(fields) >= 2 and _short(fields[0]) == short:
-            count = _figure(fields[1])
-            if isinstance(count, str):
-                why = f"PE_HOSTFILE={_shown(path)}: bad slot count in {_shown(line.strip())!r}"
-                return job.limit(None, f"{why} ({count})")
-            slots += count
+    slots = _slots(text, short)
+    if isinstance(slots, str):
+        why = f"PE_HOSTFILE={_shown(path)}: a bad slot count on a line of this host's"
+        return job.limit(None, f"{why} ({slots})")
     if not slots:
         return job.limit(None, f"this host ({_shown(host)}) is not in PE_HOSTFILE={_shown(path)}")
     why = (
@@ -614,13 +651,11 @@ def _htcondor(probe: _AnyProbe) -> CpuLimit:
         why = f"_CONDOR_MACHINE_AD={_shown(path)} unreadable ({unreadable(text)})"
         return CpuLimit("htcondor", None, why)
     where = f"({_shown(path)})"
-    for line in StringIO(text):
-        name, equals, value = line.partition("=")
-        if equals and name.strip().lower() == "cpus":  # ClassAd names ignore case
-            value = value.strip()
-            cpus = _figure(value)
-            if isinstance(cpus, str):
-                why = f"Cpus = {_shown(value)} in the machine ad {where} is not a whole number"
-                return CpuLimit("htcondor", None, f"{why} ({cpus})")
-            return CpuLimit("htcondor", cpus, f"Cpus = {cpus} in the slot's machine ad {where}")
-    return CpuLimit("htcondor", None, f"no Cpus in the machine ad {where}")
+    found = _ad_cpus(text)
+    if found is None:
+        return CpuLimit("htcondor", None, f"no Cpus in the machine ad {where}")
+    value, cpus = found
+    if isinstance(cpus, str):
+        why = f"Cpus = {_shown(value)} in the machine ad {where} is not a whole number"
+        return CpuLimit("htcondor", None, f"{why} ({cpus})")
+    return CpuLimit("htcondor", cpus, f"Cpus = {cpus} in the slot's machine ad {where}")
