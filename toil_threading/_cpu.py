@@ -247,6 +247,7 @@ def _override(probe: "AnyProbe") -> CpuLimit:
 # A scheduler's figure counts only where its variables clearly describe this host's share
 # for this process: a wrong figure is worse than none, since the smallest one wins.
 
+
 def _scheduler_limits(probe: "AnyProbe") -> list[CpuLimit]:
     # Outside any job the question is asked, and so watched for a change by cpu_count().
     if not probe.in_a_job():
