@@ -15,11 +15,11 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 
 import toil_threading
 from toil_threading import _checks
+from toil_threading._escaping import SURROGATES, escape_one, escaped
 from toil_threading._inspect import (
     HELD_STATES,
     MEMBER_STATES,
@@ -39,29 +39,6 @@ ERROR = 2  # an error, or a usage error (as argparse exits)
 NOT_JUDGED = 3  # verify: every lock held, but the holder shares this machine
 INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 CLOSED_PIPE = 141  # stdout's reader went away: 128 + SIGPIPE, as a shell reports it
-
-# Shown escaped: the C0 and C1 controls and DEL (they move the cursor, retitle or clear a
-# terminal), the marks, embeddings, overrides and isolates that reorder bidirectional
-# text, the line and paragraph separators, lone surrogates (bytes that are not UTF-8, as
-# os.fsdecode keeps them), and the backslash itself, so that every escape reads one way.
-_UNSAFE = re.compile(
-    r"[\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_SURROGATES = re.compile(r"[\ud800-\udfff]")
-
-
-def _escape(found: re.Match[str]) -> str:
-    code = ord(found.group())
-    if code == 0x5C:
-        return "\\\\"
-    if 0xDC80 <= code <= 0xDCFF:  # the byte os.fsdecode could not decode
-        return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def escaped(text: str) -> str:
-    """text as a terminal can show it without being steered by it: see _UNSAFE."""
-    return _UNSAFE.sub(_escape, text)
 
 
 def _say(line: str) -> None:
@@ -83,7 +60,7 @@ def _jsonable(value: object) -> object:
     """value with every string valid Unicode (an undecodable byte as \\xNN, as the tables
     show it) and every float finite (JSON has no NaN: None stands for one)."""
     if isinstance(value, str):
-        return _SURROGATES.sub(_escape, value)
+        return SURROGATES.sub(escape_one, value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

@@ -73,15 +73,18 @@ class CpuLimit(tuple):  # type: ignore[type-arg]
 
     @property
     def detail(self) -> str:
-        """Where the figure came from, or why there is none, for people."""
+        """Where the figure came from, or why there is none, for people: values from
+        outside as they were found (str() shows them escaped for a terminal)."""
         return self[2]  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"CpuLimit(source={self[0]!r}, cpus={self[1]!r}, detail={self[2]!r})"
 
     def __str__(self) -> str:
+        from ._escaping import escaped  # only where an explanation is shown
+
         figure = "no limit" if self[1] is None else cpus_in_words(self[1])
-        return f"{self[0]}: {figure} ({self[2]})"
+        return f"{self[0]}: {figure} ({escaped(self[2])})"
 
 
 class CpuCount:

@@ -80,14 +80,11 @@ def _figure(text: str) -> int | str:
 
 
 def _shown(text: str | None) -> str:
-    """A value from outside as a detail shows it: cut short when long, quoted with
-    escapes where it holds what cannot be printed (the undecodable bytes of an
-    environment come as lone surrogates, which no terminal can write)."""
+    """A value from outside as a detail shows it: as found (escaping is for whoever shows
+    it to people, see toil_threading._escaping), cut short when long."""
     if text is None:
         return "(unset)"
-    cut = text[:_SHOWN]
-    shown = cut if cut.isprintable() else repr(cut)
-    return shown if len(text) <= _SHOWN else f"{shown}... ({len(text)} characters)"
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN]}... ({len(text)} characters)"
 
 
 def _short(host: str) -> str:
