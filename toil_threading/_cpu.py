@@ -103,7 +103,10 @@ class Probe:
         self.live = directory == WORKING_DIRECTORY
         self.seen: Seen = []
 
-    def remember(self, function: "Callable[..., Any]", arguments: tuple, answer: object) -> None:  # type: ignore[type-arg]
+    def remember(
+        self, function: "Callable[..., Any]", arguments: "tuple[Any, ...]", answer: object
+    ) -> None:
+        """Keep a question asked without ask() (see _cgroups._mount)."""
         self.seen.append((function, arguments, answer))
 
     def ask(self, function: "Callable[..., Any]", *arguments: object) -> "Any":
