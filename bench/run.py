@@ -857,6 +857,11 @@ def parse_arguments() -> argparse.Namespace:
         ),
     )
     parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only the cold starts and cpu_count()'s costs (a couple of minutes)",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -915,14 +920,17 @@ def main() -> None:
         implementations, toil_python = contenders(
             toil_threading, floor_binary, args.toil_python, env, notes
         )
-        root = tempfile.mkdtemp(prefix="toil-threading-bench-", dir=args.dir)
-        try:
-            print(
-                f"measuring in {root} ({'quick' if args.quick else 'full'} run):", file=sys.stderr
-            )
-            results = run_benchmarks(implementations, plan, root, process_counts)
-        finally:
-            shutil.rmtree(root)
+        results = []
+        if not args.cpu_only:
+            root = tempfile.mkdtemp(prefix="toil-threading-bench-", dir=args.dir)
+            try:
+                print(
+                    f"measuring in {root} ({'quick' if args.quick else 'full'} run):",
+                    file=sys.stderr,
+                )
+                results = run_benchmarks(implementations, plan, root, process_counts)
+            finally:
+                shutil.rmtree(root)
         print("  cold starts", file=sys.stderr, flush=True)
         interpreters = cold_start_plan(toil_python)
         cold = cold_starts(plan.cold_start_runs, interpreters, workdir)
@@ -948,7 +956,7 @@ def main() -> None:
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    if pyplot is not None:
+    if pyplot is not None and results:
         plot(args.plot, results, pyplot)
 
 
