@@ -1163,7 +1163,9 @@ cdef class _FigureFile:
         cdef bytes name = encoded(path)
         cdef const char *c_name = name
         cdef ssize_t got
-        self.text = <char *>PyMem_RawMalloc(size + 2)
+        # One byte more than size: figure_read asks for it to tell a file too long, and
+        # ends a file that fits with a NUL there.
+        self.text = <char *>PyMem_RawMalloc(size + 1)
         if self.text == NULL:
             raise MemoryError()
         while True:

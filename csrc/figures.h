@@ -56,6 +56,13 @@ static int figure_leaves_root(const char *path) {
     return 0;
 }
 
+/* close(2) for a descriptor the walk is done with, keeping the errno that tells why. */
+static void figure_close_keeping_errno(int fd) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+}
+
 /* Beneath directory one component at a time, none followed if it is a link: where the
    kernel has no openat2.  A link in the middle of the path is refused as ELOOP, as
    openat2 refuses it. */
@@ -86,19 +93,11 @@ static int figure_open_walking(int directory, const char *path) {
             else
                 errno = ENOTDIR;
         }
-        if (at != directory) {
-            int saved = errno;
-            close(at);
-            errno = saved;
-        }
+        if (at != directory) figure_close_keeping_errno(at);
         if (fd < 0) return -1;
         at = fd;
     }
-    if (at != directory) {
-        int saved = errno;
-        close(at);
-        errno = saved;
-    }
+    if (at != directory) figure_close_keeping_errno(at);
     return fd;
 }
 
