@@ -23,6 +23,7 @@ import time
 from . import _impl, _retry
 from ._filesystems import FLOCK_AND_RECORD, REFUSE, filesystem_report
 from ._locks import FLOCK, RECORD, RECORD_LOCKS, lock_call, unlock_record
+from ._protocol import WORKING_DIRECTORY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,11 +70,10 @@ def _take(fd: int, how: int, exclusive: bool) -> bool:
 def _boot_id() -> str:
     """This kernel's boot id ("" where it cannot be read): every container of a machine
     shares it, whatever their host names."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as found:
-            return found.read(_BOOT_ID_LIMIT).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
+    reason, text = _impl.core.read_bounded(
+        WORKING_DIRECTORY, "/proc/sys/kernel/random/boot_id", _BOOT_ID_LIMIT
+    )
+    return "" if reason else text.strip()
 
 
 def _refuse_constant(name: str) -> None:
