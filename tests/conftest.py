@@ -266,6 +266,22 @@ def build_c(source: Path, output: Path, *flags: str) -> str:
     return str(output)
 
 
+SWAPPER_SOURCE = Path(__file__).with_name("swapper.c")
+
+
+@pytest.fixture(scope="session")
+def swapper() -> Iterator[str]:
+    """The swapper program, compiled from swapper.c with the system compiler.
+
+    The race tests run it as nobody, so it is built in a directory anyone may enter
+    (pytest's own temporary directory is root's alone)."""
+    with tempfile.TemporaryDirectory(prefix="toil-threading-swapper-") as out_dir:
+        os.chmod(out_dir, 0o755)
+        program = build_c(SWAPPER_SOURCE, Path(out_dir) / "swapper")
+        os.chmod(program, 0o755)
+        yield program
+
+
 FAULT_INJECTION_SOURCE = Path(__file__).with_name("faultinject.c")
 
 

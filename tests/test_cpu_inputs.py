@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -348,3 +349,51 @@ def test_a_mount_table_longer_than_a_page_is_read_whole(core: str, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     lines, mounts, ours = map(int, done.stdout.split())
     assert lines == mounts and ours == 100, done.stdout
+
+
+def test_a_fifo_in_a_captured_root_is_not_waited_on(core: str, tmp_path: Path) -> None:
+    root = fake_root(tmp_path, "0::/job\n", ROOT_MOUNT + V2_MOUNT, {})
+    (root / "sys/fs/cgroup/job").mkdir(parents=True)
+    os.mkfifo(root / "sys/fs/cgroup/job/cpu.max")
+    answer = toil_threading.explain_cpu_count(root)  # a blocking read would never return
+    [job, _] = limits_of(answer, "cgroup v2")
+    assert job.detail == "/sys/fs/cgroup/job: cpu.max unreadable (not a regular file)"
+
+
+def test_a_cgroup_swapped_for_a_link_mid_walk_is_never_followed(
+    core: str, tmp_path: Path, swapper: str
+) -> None:
+    # The captured system changes while it is read: its cgroup directory and a link to a
+    # directory outside the root trade places, over and over.  Whatever instant a walk
+    # meets, it reads the cgroup's own cpu.max or refuses the link: never the quota
+    # outside, which would make the count 1.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cpu.max").write_text("50000 100000\n")
+    root = fake_root(
+        tmp_path, "0::/job\n", ROOT_MOUNT + V2_MOUNT, {"/sys/fs/cgroup/job/cpu.max": "max 1\n"}
+    )
+    link = root / "sys/fs/cgroup/swapped"
+    link.symlink_to(outside)
+    swapping = subprocess.Popen(
+        [swapper, str(root / "sys/fs/cgroup/job"), str(link), "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline or len(seen) < 2:
+            assert time.monotonic() < deadline + 20, f"only {seen} seen"
+            answer = toil_threading.explain_cpu_count(root)
+            assert answer.count == FAKE_CPUS, str(answer)
+            seen.add(limits_of(answer, "cgroup v2")[0].detail)
+    finally:
+        swapping.terminate()
+        out, err = swapping.communicate(timeout=30)
+    assert swapping.returncode == 0, err
+    assert int(out) > 100  # it did swap, many times over
+    # Both instants were met: the cgroup itself, and the link in its place, refused.
+    assert "/sys/fs/cgroup/job: cpu.max is 'max 1'" in seen
+    assert "/sys/fs/cgroup/job: cpu.max unreadable (Too many levels of symbolic links)" in seen

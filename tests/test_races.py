@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import pytest
 from children import NOBODY, Forked, in_child
-from conftest import assert_locked_elsewhere, build_c, linux_only, needs_root, run_cli, skip_or_fail
+from conftest import assert_locked_elsewhere, linux_only, needs_root, run_cli, skip_or_fail
 
 import toil_threading
 from toil_threading import _cli, _inspect, _verify
@@ -40,7 +40,6 @@ pytestmark = linux_only
 # Imported here so that a child acting as nobody never has to import them.
 _PRELOADED = (_cli, _inspect, _verify)
 
-SWAPPER_SOURCE = Path(__file__).with_name("swapper.c")
 ANOTHER_USER = (4242, 4242)  # neither root nor nobody, nor the caller of any test here
 
 
@@ -208,19 +207,6 @@ MINIMUM_SECONDS = 1.0  # each case tries its operation at least this long
 MINIMUM_SUCCESSES = 3  # and until it succeeded this often,
 LONGEST_SECONDS = 6.0  # though never longer than this
 MINIMUM_EXCHANGES = 1000
-
-
-@pytest.fixture(scope="session")
-def swapper() -> Iterator[str]:
-    """The swapper program, compiled from swapper.c with the system compiler.
-
-    It runs as nobody, so it is built in a directory anyone may enter (pytest's own
-    temporary directory is root's alone)."""
-    with tempfile.TemporaryDirectory(prefix="toil-threading-swapper-") as out_dir:
-        os.chmod(out_dir, 0o755)
-        program = build_c(SWAPPER_SOURCE, Path(out_dir) / "swapper")
-        os.chmod(program, 0o755)
-        yield program
 
 
 class Scene(NamedTuple):
