@@ -18,7 +18,6 @@ from libc.stdint cimport int64_t
 from libc.string cimport memchr, memcpy
 from os import urandom
 from sys import getfilesystemencodeerrors, getfilesystemencoding
-from time import monotonic
 
 from toil_threading import _protocol as protocol
 
@@ -705,7 +704,7 @@ cdef class HeldMutex:
         cdef const char *base = NULL
         if self.fd >= 0 or self.own_dir >= 0 or self.opened is not None:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        deadline = None if self.timeout is None else monotonic() + self.timeout
+        deadline = None if self.timeout is None else retry_module().Deadline(self.timeout)
         if self.given is not None:
             dir_fd = self.given.fd
         else:

@@ -26,11 +26,13 @@ PATIENCE = 60.0
 # Takes the mutex "shared" ROUNDS times; inside, an exclusive create of the potato proves
 # that nobody else is inside.  With GO, it first waits for a line on stdin, so that all
 # the workers of a test start together.  Every exception is counted where it happened,
-# never raised, so one report shows all of them.
-#   HAMMER BASE_DIR ROUNDS [GO]
+# never raised, so one report shows all of them.  With TIMEOUT, each wait is given that
+# many seconds (a wait that runs out is counted as an exception, by type).
+#   HAMMER BASE_DIR ROUNDS [GO|-] [TIMEOUT]
 HAMMER = r"""
 import errno, json, os, sys, time, traceback, toil_threading
 base_dir, rounds = sys.argv[1], int(sys.argv[2])
+wait = {"timeout": float(sys.argv[4])} if sys.argv[4:] else {}
 potato = os.path.join(base_dir, "potato")
 violations = acquired = 0
 exceptions, first = {}, {}
@@ -46,12 +48,12 @@ def note(where, error):
         places = " > ".join(f"{f.name} ({os.path.basename(f.filename)}:{f.lineno})" for f in frames)
         first[key] = f"{error}; raised in {places}"
 
-if sys.argv[3:] == ["GO"]:
+if sys.argv[3:4] == ["GO"]:
     print("ready", flush=True)
     sys.stdin.readline()
 started = time.perf_counter()
 for _ in range(rounds):
-    hold = toil_threading.global_mutex(base_dir, "shared")
+    hold = toil_threading.global_mutex(base_dir, "shared", **wait)
     try:
         hold.__enter__()
     except Exception as error:

@@ -14,7 +14,6 @@ own (see the README's "How the code is laid out").
 # or collections at import time; what is not needed for that loads on first use.
 import os
 import sys
-import time
 
 from . import _checks, _impl
 from ._cpu import cpu_count, explain_cpu_count, parse_quota_cgroups1, parse_quota_cgroups2
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
         get_process_name,
         process_name_exists,
     )
+    from ._timeout import LockTimeout
 
     ACCELERATED: bool
     logger: "logging.Logger"
@@ -53,6 +53,7 @@ __all__ = [
     "FilesystemReport",
     "LastProcessStandingArena",
     "LockRetryPolicy",
+    "LockTimeout",
     "collect_process_name_garbage",
     "cpu_count",
     "current_process_name_for",
@@ -79,6 +80,7 @@ __all__ = [
 _LAZY = {
     "ExceptionalThread": "_exceptional",
     "LastProcessStandingArena": "_arena",
+    "LockTimeout": "_timeout",
     "FilesystemReport": "_filesystems",
     "collect_process_name_garbage": "_names",
     "current_process_name_for": "_names",
@@ -264,8 +266,8 @@ def safe_lock(
     """Take an flock on fd, retrying EIO and ENOLCK with back-off.
 
     Raises OSError with EACCES or EAGAIN when a non-blocking lock is not immediately
-    available, and TimeoutError when a blocking lock with ``timeout`` (seconds) is not
-    had in time.
+    available, and LockTimeout (a TimeoutError) when a blocking lock with ``timeout``
+    (seconds) is not had in time.
     """
     fd = _checks.descriptor(fd)
     deadline = None
@@ -273,7 +275,9 @@ def safe_lock(
         _checks.seconds(timeout, "timeout")
         if not block:
             raise ValueError("timeout only applies to a blocking lock (block=True)")
-        deadline = time.monotonic() + timeout
+        from ._retry import Deadline
+
+        deadline = Deadline(timeout)
     _impl.core.lock(fd, bool(block), bool(shared), deadline, None)
 
 
@@ -331,7 +335,8 @@ def global_mutex(
     and between threads (each acquisition opens the file anew).  A mutex held by a dead
     process is free.  The mutex name must be one plain path component (ValueError
     otherwise, before anything touches the disk).  With ``timeout`` (seconds),
-    TimeoutError if not had in time.  A held mutex dropped without exiting is released
+    LockTimeout (a TimeoutError naming the file, the wait and the holder) if not had in
+    time.  A held mutex dropped without exiting is released
     when collected.
     """
     # The round trip is hot: a mutex name checked once is not checked again (its file name

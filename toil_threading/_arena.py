@@ -12,6 +12,7 @@ from ._protocol import (
     MEMBERS_DIRECTORY_MODE,
     MUTEX_PREFIX,
 )
+from ._timeout import LockTimeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class LastProcessStandingArena:
         """Enter the arena; if cleanup is under way, wait until it is finished.
 
         You may not enter again before leaving.  With ``timeout`` (seconds) on the wait
-        for the arena's mutex, TimeoutError if not had in time.
+        for the arena's mutex, LockTimeout (a TimeoutError) if not had in time.
         """
         _checks.seconds(timeout, "timeout")
         if self.lockfileFD is not None:
@@ -87,9 +88,11 @@ class LastProcessStandingArena:
                             pass
                     members.close()
                     raise
-        except BaseException:
+        except BaseException as failure:
             if self.lockfileFD is None:
                 base.close()
+            if isinstance(failure, LockTimeout):
+                failure.name = self.name  # the arena's, not its mutex's
             raise
 
     def leave(self) -> "Iterator[bool]":

@@ -17,7 +17,6 @@ import fcntl
 import os
 import stat
 import sys
-import time
 
 from . import _retry
 from ._locks import (
@@ -194,7 +193,7 @@ def _lock(
     how: int,
     exclusive: bool,
     block: bool,
-    deadline: float | None,
+    deadline: "_retry.Deadline | None",
     path: str | None,
     announce: bool = False,
 ) -> int:
@@ -240,7 +239,9 @@ def _let_go(owner: "list[_Holder]", strategy: int, sole: bool = False) -> None:
         raise _retry.error(failure, None)
 
 
-def lock(fd: int, block: bool, shared: bool, deadline: float | None, path: str | None) -> None:
+def lock(
+    fd: int, block: bool, shared: bool, deadline: "_retry.Deadline | None", path: str | None
+) -> None:
     busy = _lock(fd, FLOCK, not shared, block, deadline, path)
     if busy > _WAITED:
         raise _retry.error(busy, path)
@@ -378,7 +379,7 @@ def same_file(fd: int, path: str) -> bool:
 
 
 def _open_lock_file(
-    owner: "list[_Holder]", directory: Directory, name: str, deadline: float | None
+    owner: "list[_Holder]", directory: Directory, name: str, deadline: "_retry.Deadline | None"
 ) -> int:
     """Open (creating it if missing) the lock file name in directory, never through a
     symlink, into owner.
@@ -424,7 +425,7 @@ def _open_lock_file(
 
 
 def _lock_new(
-    fd: int, directory: Directory, name: str, block: bool, deadline: float | None
+    fd: int, directory: Directory, name: str, block: bool, deadline: "_retry.Deadline | None"
 ) -> tuple[int, tuple[int, int]]:
     """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
     and verify it is still at its name.  Returns the strategy and the file's device and
@@ -518,7 +519,7 @@ class HeldMutex:
     def __enter__(self) -> None:
         if self._held or self._opened:
             raise RuntimeError("this global_mutex() is already entered; call global_mutex() again")
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        deadline = None if self._timeout is None else _retry.Deadline(self._timeout)
         try:
             if isinstance(self._directory, Directory):
                 directory = self._directory

@@ -22,6 +22,7 @@ from ._protocol import (
     VANISHED_TRIES,
     WAIT,
 )
+from ._timeout import LockTimeout, mutex_name
 
 # The logger records go to; install_into_toil() makes it Toil's module's.
 logger_name = LOGGER_NAME
@@ -118,8 +119,51 @@ def open_linked_directory(path: str) -> int:
             os.close(fd)
 
 
+class Deadline:
+    """When a wait with a timeout started, and when it must end (time.monotonic())."""
+
+    __slots__ = ("started", "until")
+
+    def __init__(self, timeout: float) -> None:
+        self.started = time.monotonic()
+        self.until = self.started + timeout
+
+    def left(self) -> float:
+        return self.until - time.monotonic()
+
+
+def timed_out(
+    deadline: Deadline, path: str | None, identity: tuple[int, int] | None
+) -> LockTimeout:
+    """The LockTimeout for a wait on the lock file at path, whose device and inode are
+    identity (None where no file is there now): its holder is looked up in /proc/locks."""
+    waited = time.monotonic() - deadline.started
+    from ._locks import exclusive_flock_holders
+
+    holder = None
+    if identity is not None:
+        holder = (exclusive_flock_holders() or {}).get(identity) or None  # 0: not our PIDs
+    return LockTimeout(path, mutex_name(path), round(waited, 6), holder)
+
+
+def _identity_of(fd: int) -> tuple[int, int] | None:
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _path_of(fd: int) -> str | None:
+    """The kernel's name for a descriptor given without a path (for messages only)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
 def after_lock_call(
-    err: int, block: bool, deadline: float | None, path: str | None, fd: int, counts: list[int]
+    err: int, block: bool, deadline: Deadline | None, path: str | None, fd: int, counts: list[int]
 ) -> int:
     """A core's lock call on fd failed with err (EINTR aside): what now?
 
@@ -127,39 +171,37 @@ def after_lock_call(
     WAIT (busy, and blocking with no deadline), AGAIN (after polling toward the deadline,
     or after an EIO/ENOLCK back-off), or err itself (busy, and the caller would not wait).
     Raises OSError for any other error and once the EIO/ENOLCK tries are spent, and
-    TimeoutError at the deadline.
+    LockTimeout at the deadline.
     """
-    where = path or f"fd {fd}"
     if err in (errno.EAGAIN, errno.EACCES):  # busy (EWOULDBLOCK is EAGAIN)
         if not block:
             return err
         if deadline is None:
             return WAIT
         counts[1] += 1
-        busy(counts[1], deadline, where)
+        left = deadline.left()
+        if left <= 0:
+            raise timed_out(deadline, path or _path_of(fd), _identity_of(fd))
+        time.sleep(min(POLL_FIRST * (1 << min(counts[1], 16)), POLL_CAP, left))
         return AGAIN
     if err in (errno.EIO, errno.ENOLCK):
         counts[0] += 1
-        lock_failed(err, counts[0], deadline, where)
+        lock_failed(err, counts[0], deadline, path, fd)
         return AGAIN
     raise error(err, path)
 
 
-def busy(polls: int, deadline: float, where: str) -> None:
-    """A wait with a deadline found the lock taken for the polls-th time: pause, or give up."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(f"timed out waiting for the lock on {where}")
-    time.sleep(min(POLL_FIRST * (1 << min(polls, 16)), POLL_CAP, left))
-
-
-def lock_failed(err: int, failures: int, deadline: float | None, where: str) -> None:
-    """A lock call failed with EIO or ENOLCK for the failures-th time: pause, or give up.
+def lock_failed(
+    err: int, failures: int, deadline: Deadline | None, path: str | None, fd: int
+) -> None:
+    """A lock call on fd failed with EIO or ENOLCK for the failures-th time: pause, or
+    give up.
 
     Gives up (OSError, after a critical log line naming the likely cause) once the
-    policy's tries are spent, and with TimeoutError where the pause would pass the
-    deadline.
+    policy's tries are spent, and with LockTimeout, after waiting out what is left, where
+    the pause would pass the deadline.
     """
+    where = path or f"fd {fd}"
     max_tries, backoff, max_backoff = policy
     reason = os.strerror(err)
     if failures >= max_tries:
@@ -183,27 +225,35 @@ def lock_failed(err: int, failures: int, deadline: float | None, where: str) -> 
         pause,
     )
     if deadline is not None:
-        left = deadline - time.monotonic()
+        left = deadline.left()
         if left < pause:
             time.sleep(max(left, 0.0))
-            raise TimeoutError(f"timed out retrying the lock on {where} after {reason}")
+            raise timed_out(deadline, path or _path_of(fd), _identity_of(fd))
     time.sleep(pause)
 
 
 def vanished(
-    err: int, tries: int, deadline: float | None, dir_fd: int, directory: str, path: str
+    err: int, tries: int, deadline: Deadline | None, dir_fd: int, directory: str, path: str
 ) -> None:
     """A file in directory (open at dir_fd) went away or clashed under us for the
     tries-th time.
 
     On a shared filesystem another client changes the directory under our cache (ENOENT,
-    ESTALE, even EEXIST without O_EXCL): try again after a short pause.  A directory that
-    was removed while we had it open is a FileNotFoundError naming it at once; so is
-    running out of tries or of time.
+    ESTALE, even EEXIST without O_EXCL); on any filesystem a waiter finds the file it
+    locked unlinked by the holder it waited for: try again after a short pause.  A
+    directory that was removed while we had it open is a FileNotFoundError naming it at
+    once; running out of tries is the error itself, and running out of time a LockTimeout.
     """
     if err == errno.ENOENT:
         _fail_if_removed(dir_fd, directory)
-    if tries >= VANISHED_TRIES or (deadline is not None and time.monotonic() >= deadline):
+    if deadline is not None and deadline.left() <= 0:
+        try:
+            info = os.stat(os.path.basename(path), dir_fd=dir_fd, follow_symlinks=False)
+            identity: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except OSError:
+            identity = None
+        raise timed_out(deadline, path, identity)
+    if tries >= VANISHED_TRIES:
         raise error(err, path)
     if tries > 1:
         time.sleep(min(POLL_FIRST * (1 << min(tries - 2, 16)), VANISHED_PAUSE_CAP))
