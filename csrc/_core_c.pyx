@@ -107,9 +107,9 @@ cdef extern from "compat.h" nogil:
     int count_forks()
     unsigned long forks()
     unsigned long forks_of_ours()
-    int known_strategy(unsigned long long device)
-    void keep_strategy(unsigned long long device, int strategy, int kept)
-    int STRATEGY_SLOTS
+    int known_lock_flags(unsigned long long device)
+    void keep_lock_flags(unsigned long long device, int locking, int kept)
+    int LOCK_FLAGS_SLOTS
     int record_lock(int fd, int command, short kind)
     int record_locked_elsewhere(int fd)
     int announce_waiting(int fd)
@@ -144,24 +144,31 @@ cdef int REMOVED = protocol.REMOVED
 cdef int DENIED = protocol.DENIED
 cdef int WAIT_IN_KERNEL = protocol.WAIT
 cdef int NAME_LENGTH = protocol.NAME_LENGTH
-cdef int STRATEGIES_KEPT = protocol.STRATEGIES_KEPT
+cdef int LOCK_FLAGS_KEPT = protocol.LOCK_FLAGS_KEPT
 cdef bytes NAME_PREFIX = protocol.NAME_PREFIX.encode()
 cdef bytes NAME_CHARACTERS = protocol.NAME_CHARACTERS.encode()
 
-# toil_threading._retry, imported on the first failure: a process that never meets one
-# (most of them) does not pay for importing it at start-up.
-cdef object retry = None
+# toil_threading._retry and _errors, imported on the first failure or wait with a timeout:
+# a process that never meets one (most of them) does not pay for importing them at
+# start-up.
+cdef object retry = None, errors = None
 
 
 cdef object retry_module():
-    """The module; errno stays as the failed call left it (callers pass errno to it)."""
-    global retry
+    """_retry; errno stays as the failed call left it (callers pass errno on)."""
+    global retry, errors
     cdef int failure = errno
     if retry is None:
-        from toil_threading import _retry as module  # makes system calls of its own
-        retry = module
+        from toil_threading import _errors, _retry  # they make system calls of their own
+        retry, errors = _retry, _errors
         set_errno(failure)
     return retry
+
+
+cdef object errors_module():
+    """_errors; errno stays as the failed call left it (callers pass errno on)."""
+    retry_module()
+    return errors
 
 
 cdef int COMMON = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK
@@ -176,7 +183,7 @@ cdef int DIRECTORY = O_PATH | O_DIRECTORY | O_CLOEXEC
 cdef int LISTING = O_RDONLY | O_DIRECTORY | O_CLOEXEC
 
 count_forks()
-assert 0 < STRATEGIES_KEPT <= STRATEGY_SLOTS
+assert 0 < LOCK_FLAGS_KEPT <= LOCK_FLAGS_SLOTS
 assert AT_FDCWD == protocol.WORKING_DIRECTORY
 
 # A file still at its path, gone from it, or another file there.
@@ -287,12 +294,14 @@ cdef class Directory:
                     # again by rmdir, which removes only an empty directory.
                     unlinkat(at, c_name, AT_REMOVEDIR)
         if make_err != 0 and make_err != EEXIST:
-            raise retry_module().error(make_err, self.path)
+            raise errors_module().error(make_err, self.path)
         if self.fd >= 0:
             return
         if parent is not None or follow or not (err == ENOTDIR or err == ELOOP):
-            raise retry_module().directory_error(err, self.path, at, path)
-        self.fd = retry_module().open_linked_directory(path)
+            raise errors_module().directory_error(err, self.path, at, path)
+        from toil_threading._links import open_linked_directory  # a rare case
+
+        self.fd = open_linked_directory(path)
 
     def close(self):
         cdef int fd = self.fd
@@ -348,7 +357,7 @@ cdef int lock_fd(
         wait = wait or step == WAIT_IN_KERNEL
 
 
-cdef int let_go(int fd, int strategy, bint sole=False) noexcept nogil:
+cdef int let_go(int fd, int locking, bint sole=False) noexcept nogil:
     """Let go of every lock on fd and close it; the errno worth reporting, or 0.
 
     Closing releases the locks anyway, so an unlock failing with EIO/ENOLCK (lock daemon
@@ -358,7 +367,7 @@ cdef int let_go(int fd, int strategy, bint sole=False) noexcept nogil:
     """
     cdef int failure = 0
     if not sole:
-        if strategy & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
+        if locking & RECORD_LOCK and record_lock(fd, F_OFD_SETLK, F_UNLCK) != 0:
             failure = errno
         if flock(fd, LOCK_UN) != 0 and not failure:
             failure = errno
@@ -371,7 +380,7 @@ cdef int let_go(int fd, int strategy, bint sole=False) noexcept nogil:
 def lock(int fd, bint block, bint shared, object deadline, object path):
     cdef int err = lock_fd(fd, FLOCK, not shared, block, deadline, path)
     if err > WAITED:
-        raise retry_module().error(err, path)
+        raise errors_module().error(err, path)
 
 
 def unlock_and_close(int fd):
@@ -379,7 +388,7 @@ def unlock_and_close(int fd):
     with nogil:
         failure = let_go(fd, 0)
     if failure:
-        raise retry_module().error(failure, None)
+        raise errors_module().error(failure, None)
 
 
 def fs_magic(object target):
@@ -398,37 +407,37 @@ def fs_magic(object target):
         with nogil:
             rc = c_statfs(c_path, &info)
     if rc != 0:
-        raise retry_module().error(errno, None if isinstance(target, int) else target)
+        raise errors_module().error(errno, None if isinstance(target, int) else target)
     return info.f_type
 
 
-# How to lock on each filesystem met (its device), decided once by _filesystems and kept
-# in compat.h's table, which the common paths read without the GIL.
+# How to lock on each filesystem met (its device): its lock flags, as the judge the
+# caller hands in says, asked once and kept in compat.h's table, which the common paths
+# read without the GIL.
 
-cdef int strategy_of(int fd, dev_t device, str directory) except -2:
-    cdef int found = known_strategy(device)
+cdef int lock_flags_of(int fd, dev_t device, str directory, object judge) except -2:
+    cdef int found = known_lock_flags(device)
     if found >= 0:
         return found
-    from toil_threading import _filesystems
-
-    found = _filesystems.strategy_for(fd, device, directory)
-    keep_strategy(device, found, STRATEGIES_KEPT)
+    found = judge(fd, device, directory)
+    keep_lock_flags(device, found, LOCK_FLAGS_KEPT)
     return found
 
 
-def strategy(int fd, str directory):
-    """The strategy (bits) for the filesystem of the open file fd, in directory."""
+def lock_flags(int fd, str directory, object judge):
+    """The lock flags for the filesystem of the open file fd, in directory (judge says
+    what they are, the first time a filesystem is met)."""
     cdef stat info
     cdef int rc
     with nogil:
         rc = c_fstat(fd, &info)
     if rc != 0:
-        raise retry_module().error(errno, None)
-    return strategy_of(fd, info.st_dev, directory)
+        raise errors_module().error(errno, None)
+    return lock_flags_of(fd, info.st_dev, directory, judge)
 
 
 cdef Sameness compare(
-    int fd, int dir_fd, const char *name, int strategy, bint removing, int *err,
+    int fd, int dir_fd, const char *name, int locking, bint removing, int *err,
     long *size=NULL, const stat *known=NULL
 ) noexcept nogil:
     """Does name (relative to dir_fd) still name the locked file open at fd?
@@ -445,7 +454,7 @@ cdef Sameness compare(
     cdef stat held, named
     cdef int named_fd, rc
     err[0] = 0
-    if known != NULL and removing and not strategy & SHARED:
+    if known != NULL and removing and not locking & SHARED:
         held = known[0]
     else:
         if c_fstat(fd, &held) != 0:
@@ -456,9 +465,9 @@ cdef Sameness compare(
             size[0] = held.st_size
         if held.st_nlink == 0:
             return GONE
-        if held.st_nlink == 1 and not removing and not strategy & SHARED:
+        if held.st_nlink == 1 and not removing and not locking & SHARED:
             return SAME
-    if strategy & SHARED:
+    if locking & SHARED:
         named_fd = openat(dir_fd, name, PROBE)
         if named_fd < 0:
             if errno == ELOOP:
@@ -494,11 +503,11 @@ def same_file(int fd, str path):
     with nogil:
         rc = c_fstat(fd, &info)
     if rc != 0:  # the descriptor is at fault, not the path
-        raise retry_module().error(errno, None)
+        raise errors_module().error(errno, None)
     with nogil:
         sameness = compare(fd, AT_FDCWD, c_name, SHARED, True, &err)
     if err:
-        raise retry_module().error(err, path)
+        raise errors_module().error(err, path)
     return sameness == SAME
 
 
@@ -533,37 +542,37 @@ cdef int open_lock_file(int dir_fd, str directory, str filename, bytes name, obj
             # name up past any cache, tells which.
             flags = CLAIM
         elif err == ENOENT and flags == CLAIM:
-            raise retry_module().cannot_create(dir_fd, directory, path)
+            raise errors_module().cannot_create(dir_fd, directory, path)
         elif err == ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
             if tries > 1:
-                raise retry_module().error(EACCES, path)
+                raise errors_module().error(EACCES, path)
             flags = CREATE
         elif err == ENXIO or err == EISDIR:
-            raise retry_module().not_a_regular_file(path, "a lock file", dir_fd, filename)
+            raise errors_module().not_a_regular_file(path, "a lock file", dir_fd, filename)
         elif vanished(err) or err == EEXIST:
             if flags == CLAIM:
                 flags = CREATE  # made by another meanwhile: open that
             tries += 1
             retry_module().vanished(err, tries, deadline, dir_fd, directory, path)
         else:
-            raise retry_module().error(err, path)
+            raise errors_module().error(err, path)
 
 
 cdef int lock_new(
     int fd, int dir_fd, str directory, str filename, bytes name, bint block, object deadline,
-    stat *identity, int tried=0
+    object judge, stat *identity, int tried=0
 ) except -3:
-    """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
-    and verify it is still at its name.  Returns the strategy; or LOST or STALE when the
+    """Check that fd is a regular file, lock it exclusively by its filesystem's lock flags
+    and verify it is still at its name.  Returns the lock flags; or LOST or STALE when the
     file is not worth keeping (the caller closes it and starts again).  A wait on a local
     filesystem is announced, so that the holder keeps the file for us.  identity gets fd's
     fstat (its device and inode never change); tried is what the quick path's try of the
     flock failed with, or 0."""
     cdef stat info
-    cdef int rc, err = 0, strategy, had
+    cdef int rc, err = 0, locking, had
     cdef Sameness sameness
     cdef const char *c_name = name
     shown = f"{directory}/{filename}"
@@ -573,13 +582,13 @@ cdef int lock_new(
     if rc != 0:
         if vanished(err):
             return STALE  # opened through a stale cache entry: the file is gone
-        raise retry_module().error(err, shown)
+        raise errors_module().error(err, shown)
     if not S_ISREG(info.st_mode):
-        raise retry_module().not_a_regular_file(shown, "a lock file", dir_fd, filename)
+        raise errors_module().not_a_regular_file(shown, "a lock file", dir_fd, filename)
     try:
-        strategy = strategy_of(fd, info.st_dev, directory)
-        had = lock_fd(fd, FLOCK, True, block, deadline, shown, strategy == 0, tried)
-        if strategy & RECORD_LOCK and had <= WAITED:
+        locking = lock_flags_of(fd, info.st_dev, directory, judge)
+        had = lock_fd(fd, FLOCK, True, block, deadline, shown, locking == 0, tried)
+        if locking & RECORD_LOCK and had <= WAITED:
             had = max(had, lock_fd(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
         if error.errno == ENOENT or error.errno == ESTALE:
@@ -588,17 +597,17 @@ cdef int lock_new(
     if had > WAITED:
         return LOST  # held, and not to be waited for (a poller looking at a new file)
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, False, &err)
+        sameness = compare(fd, dir_fd, c_name, locking, False, &err)
     if err:
-        raise retry_module().error(err, shown)
+        raise errors_module().error(err, shown)
     if sameness == SAME:
         identity[0] = info
-        return strategy
+        return locking
     return LOST if had == WAITED else STALE
 
 
 cdef int release_at(
-    int fd, int dir_fd, bytes name, str directory, str filename, int strategy,
+    int fd, int dir_fd, bytes name, str directory, str filename, int locking,
     bint keep_for_waiters=False, bint sole=False, int close_too=-1, const stat *known=NULL,
     bint report_lost=True
 ) except -1:
@@ -614,24 +623,24 @@ cdef int release_at(
     cdef Sameness sameness
     cdef const char *c_name = name
     with nogil:
-        sameness = compare(fd, dir_fd, c_name, strategy, True, &err, &size, known)
+        sameness = compare(fd, dir_fd, c_name, locking, True, &err, &size, known)
         if sameness == SAME and not (keep_for_waiters and size > 0 and waiters_announced(fd)):
             if unlinkat(dir_fd, c_name, 0) != 0:
                 unlink_err = errno
-        failure = let_go(fd, strategy, sole)
+        failure = let_go(fd, locking, sole)
         close_quietly(close_too)
     if not (err or unlink_err or failure or sameness != SAME):
         return 0
     shown = f"{directory}/{filename}"
     if removal_refused(unlink_err):
-        retry_module().kept(shown, unlink_err)
+        errors_module().kept(shown, unlink_err)
         unlink_err = 0
     elif vanished(unlink_err):
         sameness, unlink_err = GONE, 0
     if sameness != SAME and not err and report_lost:
-        retry_module().lost(shown, sameness == REPLACED)
+        errors_module().lost(shown, sameness == REPLACED)
     if err or unlink_err or failure:
-        raise retry_module().error(err or unlink_err or failure, shown)
+        raise errors_module().error(err or unlink_err or failure, shown)
     return 0
 
 
@@ -647,7 +656,7 @@ cdef bint quick_lock(int fd, stat *info, int *tried) noexcept nogil:
     tried[0] = 0
     if (
         c_fstat(fd, info) == 0 and S_ISREG(info.st_mode) and info.st_nlink == 1
-        and known_strategy(info.st_dev) == 0
+        and known_lock_flags(info.st_dev) == 0
     ):
         return True
     flock(fd, LOCK_UN)
@@ -661,7 +670,7 @@ cdef bint quick_claim(int fd, stat *info) noexcept nogil:
     False (holding nothing) hands over to the general path."""
     if flock(fd, LOCK_EX | LOCK_NB) != 0:
         return False
-    if c_fstat(fd, info) == 0 and info.st_nlink == 1 and known_strategy(info.st_dev) == 0:
+    if c_fstat(fd, info) == 0 and info.st_nlink == 1 and known_lock_flags(info.st_dev) == 0:
         return True
     flock(fd, LOCK_UN)
     return False
@@ -679,26 +688,26 @@ cdef class HeldMutex:
     cdef Directory given, opened
     cdef str base_dir, filename
     cdef bytes base, name
-    cdef object timeout
-    cdef int fd, own_dir, strategy
+    cdef object timeout, judge
+    cdef int fd, own_dir, locking
     cdef stat identity  # the mutex file's fstat once locked (its device and inode)
     cdef unsigned long forks, forks_made
 
     def __cinit__(self):
         self.fd = self.own_dir = -1
 
-    def __init__(self, object directory, str filename, object timeout):
+    def __init__(self, object directory, str filename, object timeout, object judge):
         if isinstance(directory, Directory):
             self.given = directory
             self.base_dir = self.given.path
         else:
             self.base_dir = (<str?>directory).rstrip("/") or "/"  # a trailing slash follows
             self.base = encoded(self.base_dir)
-        self.filename, self.timeout = filename, timeout
+        self.filename, self.timeout, self.judge = filename, timeout, judge
         self.name = encoded(filename)
 
     def __enter__(self):
-        cdef int dir_fd = -1, strategy = 0, stale = 0, tried = 0
+        cdef int dir_fd = -1, locking = 0, stale = 0, tried = 0
         cdef bint quick = False
         cdef const char *name = self.name
         cdef const char *base = NULL
@@ -723,22 +732,22 @@ cdef class HeldMutex:
             while not quick:
                 if self.fd < 0:
                     self.fd = open_lock_file(dir_fd, self.base_dir, self.filename, self.name, deadline)
-                strategy = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True,
-                                    deadline, &self.identity, tried)
+                locking = lock_new(self.fd, dir_fd, self.base_dir, self.filename, self.name, True,
+                                   deadline, self.judge, &self.identity, tried)
                 tried = 0
-                if strategy >= 0:
+                if locking >= 0:
                     break
                 # The previous holder unlinked (or someone replaced) the file while we
                 # waited; or a stale cache showed us a file already gone: then pause.
                 self.close_file()
-                stale = stale + 1 if strategy == STALE else 0
+                stale = stale + 1 if locking == STALE else 0
                 if stale:
                     path = f"{self.base_dir}/{self.filename}"
                     retry_module().vanished(ESTALE, stale, deadline, dir_fd, self.base_dir, path)
         except BaseException:
             self.abandon()
             raise
-        self.strategy, self.forks, self.forks_made = strategy, forks(), forks_of_ours()
+        self.locking, self.forks, self.forks_made = locking, forks(), forks_of_ours()
 
     def __exit__(self, exc_type, exc, traceback):
         if self.fd < 0:
@@ -780,10 +789,10 @@ cdef class HeldMutex:
             # On a local filesystem: keep the file for announced waiters; and with no fork
             # since we took it, our descriptor is the only one, so closing it lets the lock
             # go.
-            local = self.strategy == 0
+            local = self.locking == 0
             sole = local and self.forks_made == forks_of_ours()
             return release_at(fd, dir_fd, self.name, self.base_dir, self.filename,
-                              self.strategy, local, sole, own, &self.identity)
+                              self.locking, local, sole, own, &self.identity)
         finally:
             self.opened = None
 
@@ -837,15 +846,15 @@ cdef class Held:
     """
     cdef readonly Directory directory
     cdef readonly str name
-    cdef int descriptor, strategy
+    cdef int descriptor, locking
     cdef stat identity  # the file's fstat once locked (its device and inode)
     cdef unsigned long forks_made  # forks this process had made when it locked the file
 
     def __cinit__(self):
         self.descriptor = -1
 
-    def __init__(self, Directory directory not None):
-        cdef int err, strategy, misses = 0, dir_fd = directory.fd
+    def __init__(self, Directory directory not None, object judge):
+        cdef int err, locking, misses = 0, dir_fd = directory.fd
         cdef bytes name
         cdef const char *c_name
         cdef bint quick
@@ -869,21 +878,21 @@ cdef class Held:
                     check_signals()
                     continue
                 if err == ENOENT:  # an exclusive create looks past any cache
-                    raise retry_module().cannot_create(dir_fd, directory.path, directory.path)
+                    raise errors_module().cannot_create(dir_fd, directory.path, directory.path)
                 if err != EEXIST and err != ESTALE:
-                    raise retry_module().error(err, directory.path)
+                    raise errors_module().error(err, directory.path)
             else:
                 try:
-                    strategy = lock_new(self.descriptor, dir_fd, directory.path, base, name, False,
-                                        None, &self.identity)
+                    locking = lock_new(self.descriptor, dir_fd, directory.path, base, name, False,
+                                       None, judge, &self.identity)
                 except BaseException:
                     self.abandon(name, base)
                     raise
-                if strategy >= 0:
-                    self.name, self.strategy, self.forks_made = base, strategy, forks_of_ours()
+                if locking >= 0:
+                    self.name, self.locking, self.forks_made = base, locking, forks_of_ours()
                     return
                 self.close()
-                err = ESTALE if strategy == STALE else EEXIST
+                err = ESTALE if locking == STALE else EEXIST
             misses += 1
             retry_module().vanished(err, misses, None, dir_fd, directory.path, directory.path)
 
@@ -922,12 +931,12 @@ cdef class Held:
         cdef int fd = self.descriptor
         # With no fork since the claim, our descriptor is the only one: closing it lets
         # the lock go.
-        cdef bint sole = self.strategy == 0 and self.forks_made == forks_of_ours()
+        cdef bint sole = self.locking == 0 and self.forks_made == forks_of_ours()
         if fd < 0:
             raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
         self.descriptor = -1
         release_at(fd, self.directory.fd, encoded(self.name), self.directory.path, self.name,
-                   self.strategy, False, sole, -1, &self.identity, False)
+                   self.locking, False, sole, -1, &self.identity, False)
 
     def close(self):
         """Close without unlocking or removing (after a fork: the lock is the parent's)."""
@@ -948,7 +957,7 @@ cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state
     cdef int fd = openat(dir_fd, name, PROBE)
     if fd < 0:
         return False
-    if c_fstat(fd, &info) != 0 or not S_ISREG(info.st_mode) or known_strategy(info.st_dev) != 0:
+    if c_fstat(fd, &info) != 0 or not S_ISREG(info.st_mode) or known_lock_flags(info.st_dev) != 0:
         close(fd)
         return False
     if flock(fd, LOCK_SH | LOCK_NB) != 0:
@@ -970,13 +979,15 @@ cdef bint quick_probe(int dir_fd, const char *name, bint remove_dead, int *state
     return state[0] >= 0
 
 
-cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) except -1:
+cdef int probe_at(
+    Directory directory, bytes name, str text, bint remove_dead, object judge
+) except -1:
     """What the file at name in directory says of its owner: ALIVE, DEAD, REMOVED, DENIED
     or ABSENT (also for anything that is not a regular file: never ours).
 
     Only a shared non-blocking lock is tried, and let go at once.  With remove_dead, an
     unlocked empty file named like ours is removed, while it is still the one found."""
-    cdef int fd, err = 0, strategy, rc, unlink_err, failure, dir_fd = directory.fd
+    cdef int fd, err = 0, locking, rc, unlink_err, failure, dir_fd = directory.fd
     cdef stat info
     cdef Sameness sameness
     cdef const char *c_name = name
@@ -991,17 +1002,17 @@ cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) e
                 return ABSENT
             if err == EACCES or err == EPERM:
                 return DENIED
-            raise retry_module().error(err, shown)
-        strategy = 0
+            raise errors_module().error(err, shown)
+        locking = 0
         try:
             with nogil:
                 rc = c_fstat(fd, &info)
                 err = errno
             if rc != 0:
-                raise retry_module().error(err, shown)
+                raise errors_module().error(err, shown)
             if not S_ISREG(info.st_mode):
                 return ABSENT
-            strategy = strategy_of(fd, info.st_dev, directory.path)
+            locking = lock_flags_of(fd, info.st_dev, directory.path, judge)
             try:
                 if lock_fd(fd, FLOCK, False, False, None, shown) > WAITED:
                     return ALIVE
@@ -1009,42 +1020,42 @@ cdef int probe_at(Directory directory, bytes name, str text, bint remove_dead) e
                 if error.errno == ENOENT or error.errno == ESTALE:
                     return ABSENT  # opened through a stale cache entry: the file is gone
                 raise
-            if strategy & RECORD_LOCK:
+            if locking & RECORD_LOCK:
                 with nogil:
                     rc = record_locked_elsewhere(fd)
                     err = errno
                 if rc < 0:
-                    raise retry_module().error(err, shown)
+                    raise errors_module().error(err, shown)
                 if rc:
                     return ALIVE
             if not (remove_dead and info.st_size == 0 and is_name(c_name)):
                 return DEAD
             unlink_err = 0
             with nogil:
-                sameness = compare(fd, dir_fd, c_name, strategy, True, &err)
+                sameness = compare(fd, dir_fd, c_name, locking, True, &err)
                 if not err and sameness == SAME and unlinkat(dir_fd, c_name, 0) != 0:
                     unlink_err = errno
             if err:
-                raise retry_module().error(err, shown)
+                raise errors_module().error(err, shown)
             if sameness == SAME:
                 if removal_refused(unlink_err):
                     return DEAD
                 if unlink_err and not vanished(unlink_err):
-                    raise retry_module().error(unlink_err, shown)
+                    raise errors_module().error(unlink_err, shown)
                 return REMOVED
             if sameness == GONE:
                 return ABSENT
         finally:
             with nogil:
-                failure = let_go(fd, strategy)
+                failure = let_go(fd, locking)
             if failure:
-                raise retry_module().error(failure, shown)
+                raise errors_module().error(failure, shown)
         # A new file took the name between our open and our check: look at that one.
         replaced += 1
         retry_module().vanished(ESTALE, replaced, None, dir_fd, directory.path, shown)
 
 
-def probe(Directory directory not None, str name, bint remove_dead):
+def probe(Directory directory not None, str name, bint remove_dead, object judge):
     cdef bytes path = encoded(name)
     cdef const char *c_path = path
     cdef int state = ABSENT, dir_fd = directory.fd
@@ -1053,10 +1064,10 @@ def probe(Directory directory not None, str name, bint remove_dead):
         quick = quick_probe(dir_fd, c_path, remove_dead, &state)
     if quick:
         return state
-    return probe_at(directory, path, name, remove_dead)
+    return probe_at(directory, path, name, remove_dead, judge)
 
 
-def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
+def scan(Directory directory not None, bint remove_dead, bint stop_at_live, object judge):
     """Probe every entry of directory named like ours; with stop_at_live, stop at the
     first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
     cdef DIR *listing = NULL
@@ -1077,7 +1088,7 @@ def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
                 set_errno(err)
         err = errno
     if listing == NULL:
-        raise retry_module().error(err, directory.path)
+        raise errors_module().error(err, directory.path)
     try:
         while True:
             with nogil:
@@ -1086,7 +1097,7 @@ def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
                 err = errno
             if entry == NULL:
                 if err:
-                    raise retry_module().error(err, directory.path)
+                    raise errors_module().error(err, directory.path)
                 return found
             if not is_name(entry.d_name):
                 continue  # not ours: never counted, never removed
@@ -1102,7 +1113,7 @@ def scan(Directory directory not None, bint remove_dead, bint stop_at_live):
             with nogil:
                 quick = quick_probe(dir_fd, entry.d_name, remove_dead, &state)
             if not quick:
-                state = probe_at(directory, name, text, remove_dead)
+                state = probe_at(directory, name, text, remove_dead, judge)
             if state != ABSENT:
                 found.append((text, state))
             if stop_at_live and state == ALIVE:

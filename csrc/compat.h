@@ -48,44 +48,44 @@ static inline unsigned long forks_of_ours(void) { return forks_made; }
    written with the GIL held (one writer at a time) and read without it, on the common
    paths, so each is published under a sequence count (a seqlock): a reader that finds the
    count odd, or changed while it read, treats the slot as unknown and takes the slow path,
-   which asks again with the GIL.  A device is never paired with another's strategy. */
-#define STRATEGY_SLOTS 64
-static struct strategy_slot {
+   which asks again with the GIL.  A device is never paired with another's locking. */
+#define LOCK_FLAGS_SLOTS 64
+static struct lock_flags_slot {
     unsigned long sequence;
     unsigned long long device;
-    int strategy;
-} strategy_slots[STRATEGY_SLOTS];
-static int strategy_slots_used, strategy_slot_next;
+    int locking;
+} lock_flags_slots[LOCK_FLAGS_SLOTS];
+static int lock_flags_slots_used, lock_flags_slot_next;
 
-static inline int known_strategy(unsigned long long device) {
-    int used = __atomic_load_n(&strategy_slots_used, __ATOMIC_ACQUIRE);
+static inline int known_lock_flags(unsigned long long device) {
+    int used = __atomic_load_n(&lock_flags_slots_used, __ATOMIC_ACQUIRE);
     for (int i = 0; i < used; i++) {
-        struct strategy_slot *slot = &strategy_slots[i];
+        struct lock_flags_slot *slot = &lock_flags_slots[i];
         unsigned long before = __atomic_load_n(&slot->sequence, __ATOMIC_ACQUIRE);
         unsigned long long found = __atomic_load_n(&slot->device, __ATOMIC_RELAXED);
-        int strategy = __atomic_load_n(&slot->strategy, __ATOMIC_RELAXED);
+        int locking = __atomic_load_n(&slot->locking, __ATOMIC_RELAXED);
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
         if (before & 1 || __atomic_load_n(&slot->sequence, __ATOMIC_RELAXED) != before)
             continue;
         if (found == device)
-            return strategy;
+            return locking;
     }
     return -1;
 }
 
 /* With the GIL held; kept is how many slots to use (the protocol's count, at most
-   STRATEGY_SLOTS). */
-static inline void keep_strategy(unsigned long long device, int strategy, int kept) {
-    struct strategy_slot *slot = &strategy_slots[strategy_slot_next];
+   LOCK_FLAGS_SLOTS). */
+static inline void keep_lock_flags(unsigned long long device, int locking, int kept) {
+    struct lock_flags_slot *slot = &lock_flags_slots[lock_flags_slot_next];
     unsigned long sequence = slot->sequence;
     __atomic_store_n(&slot->sequence, sequence + 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&slot->device, device, __ATOMIC_RELAXED);
-    __atomic_store_n(&slot->strategy, strategy, __ATOMIC_RELAXED);
+    __atomic_store_n(&slot->locking, locking, __ATOMIC_RELAXED);
     __atomic_store_n(&slot->sequence, sequence + 2, __ATOMIC_RELEASE);
-    strategy_slot_next = (strategy_slot_next + 1) % kept;
-    if (strategy_slots_used < kept)
-        __atomic_store_n(&strategy_slots_used, strategy_slots_used + 1, __ATOMIC_RELEASE);
+    lock_flags_slot_next = (lock_flags_slot_next + 1) % kept;
+    if (lock_flags_slots_used < kept)
+        __atomic_store_n(&lock_flags_slots_used, lock_flags_slots_used + 1, __ATOMIC_RELEASE);
 }
 
 /* A whole-file record lock request of the given type (F_RDLCK, F_WRLCK, F_UNLCK). */

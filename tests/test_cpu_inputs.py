@@ -319,14 +319,14 @@ def test_a_mount_table_longer_than_a_page_is_read_whole(core: str, tmp_path: Pat
     code = (
         "import os, subprocess, sys\n"
         f"{core_prelude(core)}"
-        "from toil_threading import _mountinfo\n"
+        "from toil_threading import _lockability\n"
         "for n in range(100):\n"
         "    point = os.path.join(sys.argv[1], f'm{n:03d}')\n"
         "    os.mkdir(point)\n"
         "    subprocess.run(['mount', '-t', 'tmpfs', 'none', point], check=True)\n"
         "with open('/proc/self/mountinfo', 'rb') as table:\n"
         "    lines = table.read().count(b'\\n')\n"
-        "mounts = _mountinfo.read_mounts()\n"
+        "mounts = _lockability.read_mounts()\n"
         "print(lines, len(mounts), sum(m.mount_point.startswith(sys.argv[1]) for m in mounts))\n"
     )
     done = subprocess.run(

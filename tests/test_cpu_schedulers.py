@@ -308,15 +308,21 @@ def test_malformed_slurm_counts_are_ignored_with_why(
     assert_figure(captured(tmp_path, environ, "cn01"), "slurm", 8, words)
 
 
+# A sanity bound, not a measurement: what these inputs once did was hang for 20 s and more
+# or raise, while a walk over them now takes a few ms (36 ms with 100 KiB values); a
+# bound several times that keeps a machine busy with other tests from failing them.
+QUICK = 0.25
+
+
 def quickest_figure(root: Path, source: str) -> tuple[int | None, str]:
-    """figure(root, source), asserting that a whole walk takes under 50 ms: the least of
-    three, so that the pauses of a busy machine are not taken for the walk's."""
+    """figure(root, source), asserting that a whole walk is QUICK: the least of three, so
+    that the pauses of a busy machine are not taken for the walk's."""
     times = []
     for _ in range(3):
         started = time.perf_counter()
         found = figure(root, source)
         times.append(time.perf_counter() - started)
-    assert min(times) < 0.050, times
+    assert min(times) < QUICK, times
     return found
 
 
@@ -401,7 +407,7 @@ def test_what_once_hung_or_raised_is_ignored_by_a_process_at_its_start(
     assert done.returncode == 0, done.stderr
     took, found, detail = json.loads(done.stdout)
     assert (found, words.replace("host", host) in detail) == (cpus, True), detail
-    assert took < 0.050
+    assert took < QUICK
 
 
 def test_an_undecodable_value_is_shown_escaped(core: str, tmp_path: Path) -> None:

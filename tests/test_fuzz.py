@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import toil_threading  # noqa: E402
-from toil_threading import _captured, _cpu, _impl, _protocol  # noqa: E402
+from toil_threading import _captured, _cpu, _impl, _protocol, _retry  # noqa: E402
 
 pytestmark = linux_only
 
@@ -260,7 +260,7 @@ def test_a_retry_setting_is_a_number_in_range_or_a_named_error(
     def check(text: str) -> None:
         monkeypatch.setenv(variable, text)
         try:
-            value, seconds = timed(lambda: toil_threading._setting(variable, whole, 1000))
+            value, seconds = timed(lambda: _retry._setting(variable, whole, 1000))
         except ValueError as error:
             assert str(error).startswith(variable)
             return

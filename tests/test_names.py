@@ -24,6 +24,7 @@ from conftest import (
 from workers import NAME_OWNER, said, start
 
 import toil_threading
+from toil_threading._lockability import lock_flags_for
 from toil_threading._protocol import ABSENT, ALIVE, DEAD, REMOVED
 
 
@@ -290,14 +291,14 @@ def test_read_only_probe_leaves_dead_files(core: str, shm_dir: Path, no_fd_leak:
     owner, name = named_owner(core, shm_dir)
     directory = core_module.Directory(str(shm_dir))
     try:
-        assert core_module.probe(directory, name, False) == ALIVE
+        assert core_module.probe(directory, name, False, lock_flags_for) == ALIVE
         owner.kill()
         owner.wait()
-        assert core_module.probe(directory, name, False) == DEAD
+        assert core_module.probe(directory, name, False, lock_flags_for) == DEAD
         assert (shm_dir / name).exists(), "a read-only probe removed a file"
-        assert core_module.probe(directory, name, True) == REMOVED
+        assert core_module.probe(directory, name, True, lock_flags_for) == REMOVED
         assert not (shm_dir / name).exists()
-        assert core_module.probe(directory, name, False) == ABSENT
+        assert core_module.probe(directory, name, False, lock_flags_for) == ABSENT
     finally:
         directory.close()
         owner.kill()

@@ -26,6 +26,7 @@ from children import in_child
 from conftest import linux_only, needs_root, open_fds, python_with_core, skip_or_fail
 
 import toil_threading
+from toil_threading._lockability import lock_flags_for
 from toil_threading._protocol import DEAD
 
 pytestmark = linux_only
@@ -132,8 +133,8 @@ def test_dead_members_on_a_read_only_mount_read_dead(core: str, mount_point: Pat
         before = open_fds()
         members = core_module.Directory(str(mount_point / "pool-arena-members"))
         try:
-            cleaning = sorted(core_module.scan(members, True, True))
-            looking = sorted(core_module.scan(members, False, False))
+            cleaning = sorted(core_module.scan(members, True, True, lock_flags_for))
+            looking = sorted(core_module.scan(members, False, False, lock_flags_for))
         finally:
             members.close()
         left = sorted(os.listdir(mount_point / "pool-arena-members"))

@@ -3,7 +3,10 @@
 import os
 import stat
 
-from . import _checks, _impl, _locks, _retry
+from . import _checks, _errors, _impl
+from ._errors import LockTimeout
+from ._lockability import lock_flags_for
+from ._names import judge_unopenable
 from ._protocol import (
     ALIVE,
     ARENA_MEMBERS_SUFFIX,
@@ -12,7 +15,6 @@ from ._protocol import (
     MEMBERS_DIRECTORY_MODE,
     MUTEX_PREFIX,
 )
-from ._timeout import LockTimeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ class LastProcessStandingArena:
     """
 
     def __init__(self, base_dir: "StrPath", name: str) -> None:
-        base_dir = _checks.directory(base_dir)
+        base_dir = _checks.path(base_dir)
         longest = max(len(MUTEX_PREFIX + ARENA_MUTEX_SUFFIX), len(ARENA_MEMBERS_SUFFIX))
         _checks.name(name, "arena name", longest)
         self.base_dir = base_dir
@@ -70,13 +72,13 @@ class LastProcessStandingArena:
             raise RuntimeError(f"this process is already in the arena {self.name!r}")
         self._base = base = _impl.core.Directory(self.base_dir)
         try:
-            with _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, timeout):
+            with _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, timeout, lock_flags_for):
                 members = _impl.core.Directory(
                     self.name + ARENA_MEMBERS_SUFFIX, base, MEMBERS_DIRECTORY_MODE
                 )
                 try:
                     _keep_members_apart(members)
-                    self._member = _impl.core.Held(members)
+                    self._member = _impl.core.Held(members, lock_flags_for)
                 except BaseException:
                     # Nobody else entered meanwhile (the mutex is ours): a members
                     # directory this entry made goes again, quietly where it cannot (a
@@ -110,7 +112,7 @@ class LastProcessStandingArena:
         # No try, finally or with spans the yield: a generator dropped there (its caller
         # interrupted or gone) is only cleared, and its mutex closed by C code, so no line
         # of Python runs as it is collected.  Any failure lets the mutex go the same way.
-        mutex = _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None)
+        mutex = _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None, lock_flags_for)
         mutex.__enter__()
         member.release()
         self._member = None
@@ -134,7 +136,7 @@ def _keep_members_apart(members: "Directory") -> None:
         # the directory held, whatever is at its name now.
         os.chmod(f"/proc/self/fd/{members.fd}", stat.S_IMODE(info.st_mode) | stat.S_ISVTX)
     else:
-        _retry.log(
+        _errors.log(
             30,
             "the members directory %s may be written by others and has no sticky bit: another"
             " user can remove a live member's file there",
@@ -146,16 +148,16 @@ def _anyone_alive(members: "Directory") -> bool:
     """Whether a member other than us lives: the dead members are removed on the way.
     Another user's member file, which only its owner can open, is judged from /proc/locks
     (and counted alive where that cannot tell)."""
-    found = _impl.core.scan(members, True, True)
+    found = _impl.core.scan(members, True, True, lock_flags_for)
     for name, state in found:
         if state == ALIVE:
             return True
         if state == DENIED:
             try:
-                if _locks.judge_unopenable(members, name) == ALIVE:
+                if judge_unopenable(members, name) == ALIVE:
                     return True
             except PermissionError:
-                _retry.log(
+                _errors.log(
                     30,
                     "cannot tell whether the member %s/%s is alive (another user's file on a"
                     " filesystem shared between machines): counting it as alive, so no"
@@ -175,7 +177,7 @@ def _remove_members_directory(base: "Directory", members: "Directory") -> None:
     except FileNotFoundError:
         pass
     except OSError as error:
-        _retry.log(30, "could not remove the arena directory %s: %s", members.path, error)
+        _errors.log(30, "could not remove the arena directory %s: %s", members.path, error)
 
 
 def _remove_if_ours(base: "Directory", members: "Directory") -> None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 LONGEST_WAIT = _thread.TIMEOUT_MAX
 
 
-def directory(value: "StrPath", what: str = "base_dir") -> str:
+def path(value: "StrPath", what: str = "base_dir") -> str:
     """A path argument as a str: non-empty, not bytes, without a NUL."""
     path = os.fspath(value)
     if not isinstance(path, str):

@@ -20,6 +20,7 @@ import sys
 import toil_threading
 from toil_threading import _checks
 from toil_threading._escaping import SURROGATES, escape_one, escaped
+from toil_threading._filesystems import STRATEGY_REFUSED
 from toil_threading._inspect import (
     HELD_STATES,
     MEMBER_STATES,
@@ -187,7 +188,7 @@ def _run_fs(args: argparse.Namespace) -> int:
                 ("why", report.reason),
             ]
         )
-    return FOUND if report.strategy == "refused" else OK
+    return FOUND if report.strategy == STRATEGY_REFUSED else OK
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -265,7 +266,7 @@ def _path(value: str) -> str:
     """A path argument, refused where the package's API refuses one (empty: "." is the
     working directory)."""
     try:
-        return _checks.directory(value, "the path")
+        return _checks.path(value, "the path")
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 

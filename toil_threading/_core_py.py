@@ -18,7 +18,8 @@ import os
 import stat
 import sys
 
-from . import _retry
+from . import _errors, _retry
+from ._links import open_linked_directory
 from ._locks import (
     FLOCK,
     RECORD,
@@ -34,6 +35,7 @@ from ._protocol import (
     DEAD,
     DENIED,
     FIGURE_FILE_BYTES,
+    LOCK_FLAGS_KEPT,
     MALFORMED,
     MUTEX_FILE_MODE,
     NAME_CHARACTERS,
@@ -46,7 +48,6 @@ from ._protocol import (
     REMOVED,
     SHARED,
     STATUS_FILE_BYTES,
-    STRATEGIES_KEPT,
     TABLE_FILE_BYTES,
     TOO_LONG,
     WAIT,
@@ -55,8 +56,13 @@ from ._protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from functools import partial
     from typing import Any
+
+    # What the caller hands in to say how to lock on a filesystem the first time it is
+    # met: (fd of a file there, its device, the directory for messages) -> lock flags.
+    Judge = Callable[[int, int, str], int]
 else:
     from _functools import partial  # functools itself imports collections: slow
 
@@ -134,7 +140,7 @@ class Directory:
     """An open directory: what an operation resolves once and works relative to.
 
     Without parent, path is opened with its last component not followed (a symbolic link
-    there is followed only where its owner is trusted: see _retry.open_linked_directory);
+    there is followed only where its owner is trusted: see _links.open_linked_directory);
     with parent, path is one entry of parent, created first with mode when mode >= 0,
     never followed.  follow opens path as the kernel resolves it, links and all.  created
     says whether this call made the directory.
@@ -160,7 +166,7 @@ class Directory:
             except FileExistsError:
                 pass
             except OSError as error:
-                raise _retry.error(error.errno or errno.EIO, self.path) from None
+                raise _errors.error(error.errno or errno.EIO, self.path) from None
         flags = _DIRECTORY if follow else _DIRECTORY | os.O_NOFOLLOW
         try:
             _open_into(self._fds, path, flags, 0, at)
@@ -174,8 +180,8 @@ class Directory:
                 except OSError:
                     pass
             if parent is not None or follow or err not in (errno.ENOTDIR, errno.ELOOP):
-                raise _retry.directory_error(err, self.path, at, path) from None
-            self._fds.append(_Holder.fromfd(_retry.open_linked_directory(path)))
+                raise _errors.directory_error(err, self.path, at, path) from None
+            self._fds.append(_Holder.fromfd(open_linked_directory(path)))
 
     @property
     def fd(self) -> int:
@@ -215,12 +221,12 @@ def _lock(
         wait = wait or step == WAIT
 
 
-def _unlock(fd: int, strategy: int) -> int:
+def _unlock(fd: int, locking: int) -> int:
     """Let go of every lock on fd: the errno worth reporting, or 0.  Closing releases the
     locks anyway, so an unlock failing with EIO/ENOLCK (lock daemon trouble) or ESTALE is
     not an error."""
     try:
-        if strategy & RECORD_LOCK:
+        if locking & RECORD_LOCK:
             unlock_record(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError as error:
@@ -229,14 +235,14 @@ def _unlock(fd: int, strategy: int) -> int:
     return 0
 
 
-def _let_go(owner: "list[_Holder]", strategy: int, sole: bool = False) -> None:
+def _let_go(owner: "list[_Holder]", locking: int, sole: bool = False) -> None:
     """Let go of every lock on owner's descriptor and close it.  A descriptor no other
     process shares (sole) is only closed: that alone lets its locks go, with one system
     call fewer."""
-    failure = _unlock(owner[0].fileno(), strategy) if owner and not sole else 0
+    failure = _unlock(owner[0].fileno(), locking) if owner and not sole else 0
     _close_all(owner)
     if failure:
-        raise _retry.error(failure, None)
+        raise _errors.error(failure, None)
 
 
 def lock(
@@ -244,7 +250,7 @@ def lock(
 ) -> None:
     busy = _lock(fd, FLOCK, not shared, block, deadline, path)
     if busy > _WAITED:
-        raise _retry.error(busy, path)
+        raise _errors.error(busy, path)
 
 
 def unlock_and_close(fd: int) -> None:
@@ -255,7 +261,7 @@ def unlock_and_close(fd: int) -> None:
     except OSError:
         pass  # close(2) frees the descriptor whatever it returns
     if failure:
-        raise _retry.error(failure, None)
+        raise _errors.error(failure, None)
 
 
 def fs_magic(target: str | int) -> int:
@@ -275,33 +281,33 @@ def fs_magic(target: str | int) -> int:
     else:
         failed = _libc.statfs(os.fsencode(target), buffer) != 0
     if failed:
-        raise _retry.error(ctypes.get_errno(), None if isinstance(target, int) else target)
+        raise _errors.error(ctypes.get_errno(), None if isinstance(target, int) else target)
     return int(ctypes.c_long.from_buffer(buffer).value)
 
 
 _libc: "Any" = None  # ctypes.CDLL of the C library, loaded when first needed
 
 
-# How to lock on each filesystem met (its device), decided once by _filesystems.  Kept
-# small: a process meeting more filesystems than STRATEGIES_KEPT starts the table again.
-_strategies: dict[int, int] = {}
+# How to lock on each filesystem met (its device): its lock flags, as the judge the
+# caller hands in says, asked once.  Kept small: a process meeting more filesystems than
+# LOCK_FLAGS_KEPT starts the table again.
+_known_flags: dict[int, int] = {}
 
 
-def _strategy(fd: int, device: int, directory: str) -> int:
-    found = _strategies.get(device)
+def _lock_flags(fd: int, device: int, directory: str, judge: "Judge") -> int:
+    found = _known_flags.get(device)
     if found is None:
-        from . import _filesystems
-
-        found = _filesystems.strategy_for(fd, device, directory)
-        if len(_strategies) >= STRATEGIES_KEPT:
-            _strategies.clear()
-        _strategies[device] = found
+        found = judge(fd, device, directory)
+        if len(_known_flags) >= LOCK_FLAGS_KEPT:
+            _known_flags.clear()
+        _known_flags[device] = found
     return found
 
 
-def strategy(fd: int, directory: str) -> int:
-    """The strategy (bits) for the filesystem of the open file fd, in directory."""
-    return _strategy(fd, os.fstat(fd).st_dev, directory)
+def lock_flags(fd: int, directory: str, judge: "Judge") -> int:
+    """The lock flags for the filesystem of the open file fd, in directory (judge says
+    what they are, the first time a filesystem is met)."""
+    return _lock_flags(fd, os.fstat(fd).st_dev, directory, judge)
 
 
 def _found_at(dir_fd: int, name: str, reopen: bool) -> tuple[int, int, int] | None:
@@ -332,7 +338,7 @@ def _sameness(
     fd: int,
     dir_fd: int,
     name: str,
-    strategy: int,
+    locking: int,
     removing: bool,
     shown: str,
     known: tuple[int, int] | None = None,
@@ -349,20 +355,20 @@ def _sameness(
     """
     size = 0
     try:
-        if known is not None and removing and not strategy & SHARED:
+        if known is not None and removing and not locking & SHARED:
             held = known
         else:
             info = os.fstat(fd)
             held, size = (info.st_dev, info.st_ino), info.st_size
             if info.st_nlink == 0:
                 return _GONE, size
-            if info.st_nlink == 1 and not removing and not strategy & SHARED:
+            if info.st_nlink == 1 and not removing and not locking & SHARED:
                 return _SAME, size
-        found = _found_at(dir_fd, name, bool(strategy & SHARED))
+        found = _found_at(dir_fd, name, bool(locking & SHARED))
     except OSError as error:
         if error.errno == errno.ESTALE:
             return _GONE, size
-        raise _retry.error(error.errno or errno.EIO, shown) from None
+        raise _errors.error(error.errno or errno.EIO, shown) from None
     if found is None:
         return _GONE, size
     if found[:2] != held:
@@ -405,30 +411,35 @@ def _open_lock_file(
             # name up past any cache, tells which.
             flags = _CLAIM
         elif err == errno.ENOENT and flags == _CLAIM:
-            raise _retry.cannot_create(directory.fd, directory.path, path)
+            raise _errors.cannot_create(directory.fd, directory.path, path)
         elif err == errno.ENOENT:
             # Refused creating it, then found none: the directory may not be ours to write,
             # or the file went away in between; creating once more tells which.
             tries += 1
             if tries > 1:
-                raise _retry.error(errno.EACCES, path)
+                raise _errors.error(errno.EACCES, path)
             flags = _CREATE
         elif err in (errno.ENXIO, errno.EISDIR):
-            raise _retry.not_a_regular_file(path, "a lock file", directory.fd, name)
+            raise _errors.not_a_regular_file(path, "a lock file", directory.fd, name)
         elif err in (*_VANISHED, errno.EEXIST):
             if flags == _CLAIM:
                 flags = _CREATE  # made by another meanwhile: open that
             tries += 1
             _retry.vanished(err, tries, deadline, directory.fd, directory.path, path)
         else:
-            raise _retry.error(err, path)
+            raise _errors.error(err, path)
 
 
 def _lock_new(
-    fd: int, directory: Directory, name: str, block: bool, deadline: "_retry.Deadline | None"
+    fd: int,
+    directory: Directory,
+    name: str,
+    block: bool,
+    deadline: "_retry.Deadline | None",
+    judge: "Judge",
 ) -> tuple[int, tuple[int, int]]:
-    """Check that fd is a regular file, lock it exclusively by its filesystem's strategy
-    and verify it is still at its name.  Returns the strategy and the file's device and
+    """Check that fd is a regular file, lock it exclusively by its filesystem's lock flags
+    and verify it is still at its name.  Returns the lock flags and the file's device and
     inode (which never change); or _LOST or _STALE when the file is not worth keeping
     (the caller closes it and starts again).  A wait on a local filesystem is announced,
     so that the holder keeps the file for us."""
@@ -437,10 +448,10 @@ def _lock_new(
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise _retry.not_a_regular_file(shown, "a lock file", directory.fd, name)
-        strategy = _strategy(fd, info.st_dev, directory.path)
-        had = _lock(fd, FLOCK, True, block, deadline, shown, strategy == 0)
-        if strategy & RECORD_LOCK and had <= _WAITED:
+            raise _errors.not_a_regular_file(shown, "a lock file", directory.fd, name)
+        locking = _lock_flags(fd, info.st_dev, directory.path, judge)
+        had = _lock(fd, FLOCK, True, block, deadline, shown, locking == 0)
+        if locking & RECORD_LOCK and had <= _WAITED:
             had = max(had, _lock(fd, RECORD, True, block, deadline, shown))
     except OSError as error:
         if error.errno in _VANISHED:
@@ -448,8 +459,8 @@ def _lock_new(
         raise
     if had > _WAITED:
         return _LOST, unknown  # held, and not to be waited for (a poller looking at a new file)
-    if _sameness(fd, directory.fd, name, strategy, False, shown)[0] == _SAME:
-        return strategy, (info.st_dev, info.st_ino)
+    if _sameness(fd, directory.fd, name, locking, False, shown)[0] == _SAME:
+        return locking, (info.st_dev, info.st_ino)
     return (_LOST if had == _WAITED else _STALE), unknown
 
 
@@ -469,7 +480,7 @@ def _release_at(
     owner: "list[_Holder]",
     directory: Directory,
     name: str,
-    strategy: int,
+    locking: int,
     keep_for_waiters: bool = False,
     sole: bool = False,
     report_lost: bool = True,
@@ -483,17 +494,17 @@ def _release_at(
     shown = f"{directory.path}/{name}"
     try:
         fd = owner[0].fileno()
-        sameness, size = _sameness(fd, directory.fd, name, strategy, True, shown, known)
+        sameness, size = _sameness(fd, directory.fd, name, locking, True, shown, known)
         kept = keep_for_waiters and size > 0 and waiters_announced(fd)
         refused = _unlink(directory.fd, name) if sameness == _SAME and not kept else 0
         if refused in _REFUSED_UNLINK:
-            _retry.kept(shown, refused)
+            _errors.kept(shown, refused)
         elif refused:
             sameness = _GONE
         if sameness != _SAME and report_lost:
-            _retry.lost(shown, sameness == _REPLACED)
+            _errors.lost(shown, sameness == _REPLACED)
     finally:
-        _let_go(owner, strategy, sole)
+        _let_go(owner, locking, sole)
 
 
 class HeldMutex:
@@ -507,13 +518,16 @@ class HeldMutex:
     """
 
     __slots__ = ("_directory", "_filename", "_forks", "_forks_made", "_held", "_identity",
-                 "_opened", "_strategy", "_timeout")  # fmt: skip
+                 "_judge", "_locking", "_opened", "_timeout")  # fmt: skip
 
-    def __init__(self, directory: "Directory | str", filename: str, timeout: float | None) -> None:
+    def __init__(
+        self, directory: "Directory | str", filename: str, timeout: float | None, judge: "Judge"
+    ) -> None:
         self._held: list[_Holder] = []  # the mutex file's descriptor, while held
         self._opened: list[Directory] = []  # the directory, when opened here from a path
         self._directory, self._filename, self._timeout = directory, filename, timeout
-        self._strategy = self._forks = self._forks_made = 0
+        self._judge = judge
+        self._locking = self._forks = self._forks_made = 0
         self._identity = (0, 0)  # the mutex file's device and inode, once locked
 
     def __enter__(self) -> None:
@@ -529,15 +543,17 @@ class HeldMutex:
             stale = 0
             while True:
                 fd = _open_lock_file(self._held, directory, self._filename, deadline)
-                strategy, identity = _lock_new(fd, directory, self._filename, True, deadline)
-                if strategy >= 0:
-                    self._strategy, self._identity = strategy, identity
+                locking, identity = _lock_new(
+                    fd, directory, self._filename, True, deadline, self._judge
+                )
+                if locking >= 0:
+                    self._locking, self._identity = locking, identity
                     self._forks, self._forks_made = _forks, _forks_made
                     return
                 # The previous holder unlinked (or someone replaced) the file while we
                 # waited; or a stale cache showed us a file already gone: then pause.
                 _close_all(self._held)
-                stale = stale + 1 if strategy == _STALE else 0
+                stale = stale + 1 if locking == _STALE else 0
                 if stale:
                     path = f"{directory.path}/{self._filename}"
                     _retry.vanished(errno.ESTALE, stale, deadline, directory.fd,
@@ -567,9 +583,9 @@ class HeldMutex:
                 # On a local filesystem: keep the file for announced waiters; and with no
                 # fork since we took it, our descriptor is the only one: closing it lets
                 # the lock go.
-                local = self._strategy == 0
+                local = self._locking == 0
                 sole = local and self._forks_made == _forks_made
-                _release_at(self._held, directory, self._filename, self._strategy, local, sole,
+                _release_at(self._held, directory, self._filename, self._locking, local, sole,
                             True, self._identity)  # fmt: skip
         finally:
             self._abandon()
@@ -600,13 +616,13 @@ class Held:
     stays: a dead name, removed by the next probe of it).
     """
 
-    __slots__ = ("_fds", "_forks_made", "_identity", "_strategy", "directory", "name")
+    __slots__ = ("_fds", "_forks_made", "_identity", "_locking", "directory", "name")
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Directory, judge: "Judge") -> None:
         self._fds: list[_Holder] = []
         self.directory = directory
         self.name = ""
-        self._strategy = self._forks_made = 0
+        self._locking = self._forks_made = 0
         self._identity = (0, 0)  # the file's device and inode, once locked
         # A name taken already (EEXIST), a file gone under a stale cache, or one a poller
         # is looking at: try another name, pausing from the second miss on, within bounds.
@@ -618,23 +634,23 @@ class Held:
             except OSError as error:
                 err = error.errno or errno.EIO
                 if err == errno.ENOENT:  # an exclusive create looks past any cache
-                    raise _retry.cannot_create(
+                    raise _errors.cannot_create(
                         directory.fd, directory.path, directory.path
                     ) from None
                 if err not in (errno.EEXIST, errno.ESTALE):
-                    raise _retry.error(err, directory.path) from None
+                    raise _errors.error(err, directory.path) from None
             else:
                 try:
-                    strategy, identity = _lock_new(fd, directory, name, False, None)
+                    locking, identity = _lock_new(fd, directory, name, False, None, judge)
                 except BaseException:
                     self._abandon(name)
                     raise
-                if strategy >= 0:
-                    self.name, self._strategy, self._identity = name, strategy, identity
+                if locking >= 0:
+                    self.name, self._locking, self._identity = name, locking, identity
                     self._forks_made = _forks_made
                     return
                 _close_all(self._fds)
-                err = errno.ESTALE if strategy == _STALE else errno.EEXIST
+                err = errno.ESTALE if locking == _STALE else errno.EEXIST
             misses += 1
             _retry.vanished(err, misses, None, directory.fd, directory.path, directory.path)
 
@@ -668,8 +684,8 @@ class Held:
             raise RuntimeError(f"{self.directory.path}/{self.name} is not held")
         # With no fork since the claim, our descriptor is the only one: closing it lets
         # the lock go.
-        sole = self._strategy == 0 and self._forks_made == _forks_made
-        _release_at(self._fds, self.directory, self.name, self._strategy, False, sole, False,
+        sole = self._locking == 0 and self._forks_made == _forks_made
+        _release_at(self._fds, self.directory, self.name, self._locking, False, sole, False,
                     self._identity)  # fmt: skip
 
     def close(self) -> None:
@@ -677,7 +693,7 @@ class Held:
         _close_all(self._fds)
 
 
-def probe(directory: Directory, name: str, remove_dead: bool) -> int:
+def probe(directory: Directory, name: str, remove_dead: bool, judge: "Judge") -> int:
     """What the file at name in directory says of its owner: ALIVE, DEAD, REMOVED, DENIED
     or ABSENT (also for anything that is not a regular file: never ours).
 
@@ -687,7 +703,7 @@ def probe(directory: Directory, name: str, remove_dead: bool) -> int:
     replaced = 0
     while True:
         fds: list[_Holder] = []
-        strategy = 0
+        locking = 0
         try:
             try:
                 fd = _open_into(fds, name, _PROBE, 0, directory.fd)
@@ -696,11 +712,11 @@ def probe(directory: Directory, name: str, remove_dead: bool) -> int:
                     return ABSENT
                 if error.errno in (errno.EACCES, errno.EPERM):
                     return DENIED
-                raise _retry.error(error.errno or errno.EIO, shown) from None
+                raise _errors.error(error.errno or errno.EIO, shown) from None
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return ABSENT
-            strategy = _strategy(fd, info.st_dev, directory.path)
+            locking = _lock_flags(fd, info.st_dev, directory.path, judge)
             try:
                 if _lock(fd, FLOCK, False, False, None, shown) > _WAITED:
                     return ALIVE
@@ -708,23 +724,25 @@ def probe(directory: Directory, name: str, remove_dead: bool) -> int:
                 if error.errno in _VANISHED:
                     return ABSENT  # opened through a stale cache entry: the file is gone
                 raise
-            if strategy & RECORD_LOCK and record_locked_elsewhere(fd):
+            if locking & RECORD_LOCK and record_locked_elsewhere(fd):
                 return ALIVE
             if not (remove_dead and info.st_size == 0 and _is_name(name)):
                 return DEAD
-            sameness = _sameness(fd, directory.fd, name, strategy, True, shown)[0]
+            sameness = _sameness(fd, directory.fd, name, locking, True, shown)[0]
             if sameness == _SAME:
                 return DEAD if _unlink(directory.fd, name) in _REFUSED_UNLINK else REMOVED
             if sameness == _GONE:
                 return ABSENT
         finally:
-            _let_go(fds, strategy)
+            _let_go(fds, locking)
         # A new file took the name between our open and our check: look at that one.
         replaced += 1
         _retry.vanished(errno.ESTALE, replaced, None, directory.fd, directory.path, shown)
 
 
-def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tuple[str, int]]:
+def scan(
+    directory: Directory, remove_dead: bool, stop_at_live: bool, judge: "Judge"
+) -> list[tuple[str, int]]:
     """Probe every entry of directory named like ours; with stop_at_live, stop at the
     first ALIVE one (a DENIED one is listed and passed, for the caller to judge)."""
     found = []
@@ -734,7 +752,7 @@ def scan(directory: Directory, remove_dead: bool, stop_at_live: bool) -> list[tu
             for entry in listing:
                 if not (_is_name(entry.name) and entry.is_file(follow_symlinks=False)):
                     continue  # not ours: never counted, never removed
-                state = probe(directory, entry.name, remove_dead)
+                state = probe(directory, entry.name, remove_dead, judge)
                 if state != ABSENT:
                     found.append((entry.name, state))
                 if stop_at_live and state == ALIVE:

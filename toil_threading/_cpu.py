@@ -347,7 +347,7 @@ def _figures_of(
     if reason == MALFORMED:
         raise ValueError(f"{shown}: expected {expected}")
     if reason == NOT_REGULAR:
-        from ._retry import not_a_regular_file
+        from ._errors import not_a_regular_file
 
         raise not_a_regular_file(shown, "a file to read", WORKING_DIRECTORY, shown)
     if reason:

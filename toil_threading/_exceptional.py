@@ -1,7 +1,5 @@
 """ExceptionalThread, imported on first use: threading costs milliseconds to import."""
 
-from __future__ import annotations
-
 import sys
 import threading
 from types import TracebackType

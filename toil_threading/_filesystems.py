@@ -1,51 +1,221 @@
-"""Which filesystem holds a path, what its locks do between machines, and how to lock there.
+"""What each filesystem's locks do between machines, and how the package locks there.
 
-The answer comes from the mount that holds the path in /proc/self/mountinfo (its type and
-options), read against the table in toil_threading._protocol, with the statfs(2) number
-where there is no mountinfo.  The cores ask `strategy_for` once per filesystem per
-process (never per acquisition); `filesystem_report` answers people and the command line.
-Loaded on first use: nothing here is needed to import the package.
+The one home of the package's knowledge of filesystems: the table (each filesystem, the
+mount options that change it, whether flock(2) and POSIX record locks exclude between
+machines there, and why; the docs' filesystem matrix gives the source behind each row),
+the strategy that follows, the lock flags the cores are given for it, and the words for
+people.  It reads nothing itself: toil_threading._lockability brings it the readings (the
+mount holding a path, the statfs(2) number).  Loaded on first use.
 """
 
-from __future__ import annotations
-
+import errno
 import os
 import sys
 
-from . import _impl, _retry
-from ._mountinfo import Mount, mount_of, read_mounts
-from ._protocol import (
-    CLUSTER,
-    FILESYSTEMS,
-    LOCAL,
-    NODE,
-    OPTION_RULES,
-    RECORD_LOCK,
-    REFUSED,
-    SHARED,
-    UNKNOWN,
-    UNLISTED_ELSEWHERE,
-    UNLISTED_ON_A_DISK,
+from ._mountinfo import Mount
+from ._protocol import RECORD_LOCK, SHARED
+
+# Verdicts on a kind of lock (flock, or POSIX record locks) on one filesystem.
+LOCAL = "local"  # a filesystem of this machine only
+CLUSTER = "cluster"  # shared, and this kind of lock excludes across machines
+NODE = "node"  # shared, but this kind of lock excludes only within one machine
+REFUSED = "refused"  # this package will not lock there
+UNKNOWN = "unknown"  # shared or possibly shared; behaviour across machines not known
+
+# One row per filesystem: the name shown to people, its types as /proc/self/mountinfo
+# names them, its statfs(2) f_type numbers (for systems without mountinfo), the verdict
+# on flock and on record locks as commonly mounted, and why.  The docs' filesystem
+# matrix gives the source behind each row.
+FILESYSTEMS = (
+    ("tmpfs", ("tmpfs", "ramfs"), (0x01021994, 0x858458F6), LOCAL, LOCAL, "in memory"),
+    ("ext4", ("ext2", "ext3", "ext4"), (0x0000EF53,), LOCAL, LOCAL, "a local disk"),
+    ("xfs", ("xfs",), (0x58465342,), LOCAL, LOCAL, "a local disk"),
+    ("btrfs", ("btrfs",), (0x9123683E,), LOCAL, LOCAL, "a local disk"),
+    ("zfs", ("zfs",), (0x2FC12FC1,), LOCAL, LOCAL, "a local disk"),
+    ("f2fs", ("f2fs",), (0xF2F52010,), LOCAL, LOCAL, "a local disk"),
+    ("overlay", ("overlay",), (0x794C7630,), LOCAL, LOCAL, "a container's overlay"),
+    (
+        "NFS",
+        ("nfs", "nfs4"),
+        (0x00006969,),
+        CLUSTER,
+        CLUSTER,
+        "NFS sends both kinds of lock to the server (local_lock=none)",
+    ),
+    (
+        "Lustre",
+        ("lustre",),
+        (0x0BD00BD0,),
+        UNKNOWN,
+        UNKNOWN,
+        "Lustre mounted with none of flock, localflock or noflock shown",
+    ),
+    (
+        "GPFS",
+        ("gpfs",),
+        (0x47504653,),
+        NODE,
+        CLUSTER,
+        "IBM Storage Scale keeps flock on each node; record locks are cluster-wide",
+    ),
+    (
+        "BeeGFS",
+        ("beegfs",),
+        (0x19830326,),
+        NODE,
+        NODE,
+        "BeeGFS keeps locks on each client unless its client config sets"
+        " tuneUseGlobalFileLocks=true, which the mount does not show",
+    ),
+    (
+        "Ceph",
+        ("ceph", "fuse.ceph-fuse", "fuse.ceph"),
+        (0x00C36400,),
+        REFUSED,
+        REFUSED,
+        "flock on Ceph is known to hang or corrupt the MDS",
+    ),
+    (
+        "DAOS",
+        ("fuse.dfuse", "fuse.daos"),
+        (),
+        REFUSED,
+        REFUSED,
+        "DAOS dfuse grants one flock to two nodes at once",
+    ),
+    (
+        "GlusterFS",
+        ("fuse.glusterfs", "glusterfs"),
+        (),
+        CLUSTER,
+        CLUSTER,
+        "GlusterFS sends both kinds of lock to the bricks",
+    ),
+    ("GFS2", ("gfs2",), (0x01161970,), CLUSTER, CLUSTER, "GFS2 locks through the cluster's DLM"),
+    (
+        "OCFS2",
+        ("ocfs2",),
+        (0x7461636F,),
+        CLUSTER,
+        NODE,
+        "OCFS2's own cluster stack (o2cb) locks flock across the cluster, record locks only"
+        " on each node",
+    ),
+    (
+        "SMB/CIFS",
+        ("cifs", "smb3"),
+        (0xFF534D42, 0xFE534D42, 0x0000517B),
+        UNKNOWN,
+        CLUSTER,
+        "SMB sends byte-range locks to the server; what flock does depends on the server",
+    ),
+    ("sshfs", ("fuse.sshfs",), (), NODE, NODE, "sshfs sends no locks to the server"),
+    ("9p", ("9p",), (0x01021997,), UNKNOWN, UNKNOWN, "9p locking depends on the server"),
+    (
+        "AFS",
+        ("afs",),
+        (0x5346414F, 0x6B414653),
+        UNKNOWN,
+        UNKNOWN,
+        "AFS locking depends on the client and server",
+    ),
+    ("FUSE", (), (0x65735546,), UNKNOWN, UNKNOWN, "a FUSE filesystem of unknown kind"),
 )
 
-# What global_mutex, the arena and process names do on a filesystem.
-FLOCK = "flock"  # flock alone, as Toil does
-FLOCK_AND_RECORD = "flock+ofd"  # flock, then a whole-file OFD record lock as well
-NODE_LOCAL = "node-local"  # flock alone, excluding only within this machine (warned once)
-REFUSE = "refused"  # no lock is taken: RuntimeError
+# Mount options that change a filesystem's verdicts: (mount types, option, flock, record
+# locks, why).  The first option of this list found among a mount's options decides.
+OPTION_RULES = (
+    (("nfs", "nfs4"), "nolock", NODE, NODE, "NFS mounted nolock keeps all locks on this node"),
+    (
+        ("nfs", "nfs4"),
+        "local_lock=all",
+        NODE,
+        NODE,
+        "NFS mounted local_lock=all keeps all locks on this node",
+    ),
+    (
+        ("nfs", "nfs4"),
+        "local_lock=flock",
+        NODE,
+        CLUSTER,
+        "NFS mounted local_lock=flock keeps flock on this node; record locks go to the server",
+    ),
+    (
+        ("nfs", "nfs4"),
+        "local_lock=posix",
+        CLUSTER,
+        NODE,
+        "NFS mounted local_lock=posix keeps record locks on this node; flock goes to the server",
+    ),
+    (("lustre",), "noflock", REFUSED, REFUSED, "Lustre mounted noflock fails every lock"),
+    (
+        ("lustre",),
+        "localflock",
+        NODE,
+        NODE,
+        "Lustre mounted localflock keeps all locks on this node",
+    ),
+    (("lustre",), "flock", CLUSTER, CLUSTER, "Lustre mounted flock locks across the cluster"),
+    (
+        ("gfs2", "ocfs2"),
+        "localflocks",
+        NODE,
+        NODE,
+        "mounted localflocks, the cluster filesystem keeps all locks on this node",
+    ),
+    (
+        ("ocfs2",),
+        "cluster_stack=pcmk",
+        CLUSTER,
+        CLUSTER,
+        "OCFS2 on the Pacemaker stack locks both kinds across the cluster",
+    ),
+    (
+        ("ocfs2",),
+        "cluster_stack=cman",
+        CLUSTER,
+        CLUSTER,
+        "OCFS2 on the cman stack locks both kinds across the cluster",
+    ),
+    (
+        ("cifs", "smb3"),
+        "nobrl",
+        NODE,
+        NODE,
+        "SMB mounted nobrl keeps all locks on this node",
+    ),
+)
+
+# Where a filesystem is not in the table: one on a block device of this machine is local,
+# one without (major device number 0: network, FUSE, virtual) is of unknown behaviour.
+UNLISTED_ON_A_DISK = (LOCAL, LOCAL, "an unlisted filesystem on a local block device")
+UNLISTED_ELSEWHERE = (UNKNOWN, UNKNOWN, "an unlisted filesystem that may be shared")
+
+# What global_mutex, the arena and process names do on a filesystem: its strategy.
+STRATEGY_FLOCK = "flock"  # flock alone, as Toil does
+STRATEGY_FLOCK_AND_RECORD = "flock+ofd"  # flock, then a whole-file OFD record lock as well
+STRATEGY_NODE_LOCAL = "node-local"  # flock alone, excluding only within this machine (warned)
+STRATEGY_REFUSED = "refused"  # no lock is taken: RuntimeError
 
 # What each strategy means, for people.
 _STRATEGY_WORDS = {
-    FLOCK: "flock alone excludes every process that can see the directory",
-    FLOCK_AND_RECORD: "an open-file-description record lock is taken after the flock, so"
-    " exclusion holds across machines while Toil's processes on this machine still exclude"
+    STRATEGY_FLOCK: "flock alone excludes every process that can see the directory",
+    STRATEGY_FLOCK_AND_RECORD: "an open-file-description record lock is taken after the flock,"
+    " so exclusion holds across machines while Toil's processes on this machine still exclude"
     " through the flock",
-    NODE_LOCAL: "no kind of lock excludes between machines here: exclusion holds only among"
-    " the processes of this machine",
-    REFUSE: "this package will not lock here",
+    STRATEGY_NODE_LOCAL: "no kind of lock excludes between machines here: exclusion holds only"
+    " among the processes of this machine",
+    STRATEGY_REFUSED: "this package will not lock here",
 }
 
-_NODE_LOCAL_SETTING = "TOIL_THREADING_NODE_LOCAL_LOCKS"
+# Open-file-description record locks exist on Linux only (F_OFD_SETLK, 3.15 and later).
+RECORD_LOCKS = sys.platform.startswith("linux")
+
+# What a lock call's errno usually means, said when the package gives up on it.
+LOCK_ERROR_HINTS = {
+    errno.ENOLCK: "ENOLCK usually means an NFS mount without a working lock daemon (lockd)",
+    errno.EIO: "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks",
+}
 
 
 class FilesystemReport:
@@ -111,21 +281,6 @@ class FilesystemReport:
         return f"FilesystemReport({fields})"
 
 
-def _row_of_type(mount_type: str) -> tuple[str, str, str, str] | None:
-    """(name, flock, posix, why) for a mount type of the table, None if unlisted."""
-    for name, types, _magics, flock, posix, why in FILESYSTEMS:
-        if mount_type in types:
-            return name, flock, posix, why
-    return None
-
-
-def _row_of_magic(magic: int) -> tuple[str, str, str, str] | None:
-    for name, _types, magics, flock, posix, why in FILESYSTEMS:
-        if magic & 0xFFFFFFFF in magics:
-            return name, flock, posix, why
-    return None
-
-
 _VERDICTS_SETTING = "TOIL_THREADING_LOCK_VERDICTS"
 _VERDICT_WORDS = (LOCAL, CLUSTER, NODE, REFUSED, UNKNOWN)
 
@@ -168,15 +323,26 @@ def verdicts(mount_type: str, options: str, major: int) -> tuple[str, str, str, 
 def strategy_of(flock: str, posix: str) -> str:
     """What the package does on a filesystem with these verdicts."""
     if REFUSED in (flock, posix):
-        return REFUSE
+        return STRATEGY_REFUSED
     if flock in (LOCAL, CLUSTER):
-        return FLOCK
+        return STRATEGY_FLOCK
     if flock == NODE and posix in (NODE, LOCAL):
-        return NODE_LOCAL
-    return FLOCK_AND_RECORD
+        return STRATEGY_NODE_LOCAL
+    return STRATEGY_FLOCK_AND_RECORD
 
 
-def _report(path: str, mount: Mount | None, magic: int | None) -> FilesystemReport:
+def lock_flags(found: FilesystemReport) -> int:
+    """The lock flags (_protocol's bits) the cores are given for a filesystem: SHARED
+    unless it is local; RECORD_LOCK where its strategy takes a record lock too."""
+    flags = 0 if found.flock == LOCAL else SHARED
+    if found.strategy == STRATEGY_FLOCK_AND_RECORD and RECORD_LOCKS:
+        flags |= RECORD_LOCK
+    return flags
+
+
+def report(path: str, mount: Mount | None, magic: int | None) -> FilesystemReport:
+    """The report on path, from the mount holding it and its statfs(2) number (each None
+    where it could not be read)."""
     by_magic = None if magic is None else _row_of_magic(magic)
     if mount is not None:
         found = verdicts(mount.type, mount.options, mount.device[0])
@@ -194,28 +360,26 @@ def _report(path: str, mount: Mount | None, magic: int | None) -> FilesystemRepo
     )
 
 
-def filesystem_report(path: str, root: str = "/") -> FilesystemReport:
-    """The filesystem under path, its lock verdicts and the strategy taken there.
-
-    With root other than "/", root/proc/self/mountinfo is read instead and path is matched
-    lexically (it need not exist); otherwise path is resolved and must exist.
-    """
-    if root == "/":
-        magic = _impl.core.fs_magic(path)  # also: FileNotFoundError for a missing path
-        resolved = os.path.realpath(path)
-    else:
-        magic = None
-        resolved = os.path.normpath(os.path.join("/", path))
-    mounts = read_mounts(root)
-    mount = mount_of(mounts, resolved) if mounts else None
-    return _report(path, mount, magic)
+def _row_of_type(mount_type: str) -> tuple[str, str, str, str] | None:
+    """(name, flock, posix, why) for a mount type of the table, None if unlisted."""
+    for name, types, _magics, flock, posix, why in FILESYSTEMS:
+        if mount_type in types:
+            return name, flock, posix, why
+    return None
 
 
-def refusal(directory: str, report: FilesystemReport, hint: str | None = None) -> RuntimeError:
+def _row_of_magic(magic: int) -> tuple[str, str, str, str] | None:
+    for name, _types, magics, flock, posix, why in FILESYSTEMS:
+        if magic & 0xFFFFFFFF in magics:
+            return name, flock, posix, why
+    return None
+
+
+def refusal(directory: str, found: FilesystemReport, hint: str | None = None) -> RuntimeError:
     """The error for a directory on a filesystem where the package will not lock."""
     message = (
-        f"Refusing to lock under {directory}: {report.filesystem}"
-        f" ({report.type}): {report.reason.split(':')[0]}."
+        f"Refusing to lock under {directory}: {found.filesystem}"
+        f" ({found.type}): {found.reason.split(':')[0]}."
     )
     if hint is None:
         hint = (
@@ -223,52 +387,3 @@ def refusal(directory: str, report: FilesystemReport, hint: str | None = None) -
             " GPFS or Lustre (mounted flock)."
         )
     return RuntimeError(f"{message} {hint}")
-
-
-# Filesystems (by device) already warned about as node-local, so the warning comes once.
-_warned: set[int] = set()
-
-
-def strategy_for(fd: int, device: int, directory: str) -> int:
-    """How the cores lock on the filesystem of the open file fd (the strategy bits).
-
-    Called by a core the first time it meets a filesystem (its device).  Refuses with
-    RuntimeError where the package will not lock; says once per filesystem, as a
-    warning, where locks exclude only within this machine (TOIL_THREADING_NODE_LOCAL_LOCKS
-    =refuse makes that a RuntimeError too, =allow silences it).
-    """
-    try:
-        magic = _impl.core.fs_magic(fd)
-    except OSError:  # a file another client has just removed (ESTALE): ask of its directory
-        magic = _impl.core.fs_magic(directory)
-    mounts = read_mounts()
-    mount = None
-    if mounts:
-        # The kernel's name for the open file: read, never resolved again (the path given
-        # may have been changed to lead elsewhere since it was opened).
-        try:
-            where = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            where = ""  # the mounts of its device alone decide
-        mount = mount_of(mounts, where, (os.major(device), os.minor(device)))
-    report = _report(directory, mount, magic)
-    if report.strategy == REFUSE:
-        raise refusal(directory, report)
-    if report.strategy == NODE_LOCAL:
-        setting = os.environ.get(_NODE_LOCAL_SETTING, "warn") or "warn"
-        if setting not in ("warn", "allow", "refuse"):
-            raise ValueError(f"{_NODE_LOCAL_SETTING}={setting!r} is not warn, allow or refuse")
-        if setting == "refuse":
-            raise refusal(
-                directory,
-                report,
-                f"({_NODE_LOCAL_SETTING}=refuse: locks that hold only"
-                " within one machine are refused.)",
-            )
-        if setting == "warn" and device not in _warned:
-            _warned.add(device)
-            _retry.log(30, "%s: %s", directory, report.reason)
-    bits = 0 if report.flock == LOCAL else SHARED
-    if report.strategy == FLOCK_AND_RECORD and sys.platform.startswith("linux"):
-        bits |= RECORD_LOCK
-    return bits

@@ -11,7 +11,8 @@ whatever it prints.
 import errno
 import os
 
-from . import _impl, _retry
+from . import _errors, _impl
+from ._lockability import lock_flags_for
 from ._locks import exclusive_flock_holders
 from ._protocol import (
     ABSENT,
@@ -136,7 +137,7 @@ def _remove_dead(directory: "Directory", name: str) -> tuple[int, str | None]:
     like ours, while it is still the one found): its state after, and why an empty dead
     file is still there (None if it is not)."""
     try:
-        state = _impl.core.probe(directory, name, True)
+        state = _impl.core.probe(directory, name, True, lock_flags_for)
     except OSError as error:  # a read-only mount, an I/O error: this file only
         return DEAD, error.strerror or str(error)
     if state != DEAD:
@@ -164,7 +165,7 @@ def _names_in(
     """The process-name or member files in directory, probed; with clean, the dead are
     removed one by one, and one that cannot be says why (the others are still tried)."""
     found = []
-    for name, state in sorted(_impl.core.scan(directory, False, False)):
+    for name, state in sorted(_impl.core.scan(directory, False, False, lock_flags_for)):
         not_removed = None
         if clean and state == DEAD:
             state, not_removed = _remove_dead(directory, name)
@@ -198,7 +199,7 @@ def inspect_directory(directory: str, clean: bool) -> Inspection:
         try:
             listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base.fd)
         except OSError as error:  # opened to work in, but it may not be read
-            raise _retry.error(error.errno or errno.EIO, base.path) from None
+            raise _errors.error(error.errno or errno.EIO, base.path) from None
         try:
             with os.scandir(listed) as listing:
                 mutexes, arenas = [], []
@@ -215,7 +216,7 @@ def inspect_directory(directory: str, clean: bool) -> Inspection:
         where = found.directory
         found.names = _names_in(base, where, "name", clean, holders)
         for name in sorted(mutexes):
-            state = _impl.core.probe(base, name, False)
+            state = _impl.core.probe(base, name, False, lock_flags_for)
             if state != ABSENT:
                 label = name[len(MUTEX_PREFIX) :]
                 found.mutexes.append(_lock_file(base, where, name, label, "mutex", state, holders))

@@ -2,8 +2,8 @@
 
 flock(2), and the whole-file open-file-description record lock (F_OFD_SETLK, Linux's)
 taken besides it where a filesystem needs one.  Used by the pure core and by the
-command line's `verify`; the compiled core makes the same calls in C.  Also what
-/proc/locks says of a file this process may not open.
+command line's `verify`; the compiled core makes the same calls in C.  Also who holds
+each flock on this machine, as /proc/locks says.
 """
 
 import errno
@@ -11,13 +11,7 @@ import fcntl
 import os
 import struct
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ._core_py import Directory
-
 FLOCK, RECORD = 0, 1
-# Whether this system has open-file-description record locks at all.
-RECORD_LOCKS = hasattr(fcntl, "F_OFD_SETLK")
 
 # struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len (0: to the end), l_pid.
 _FLOCK_STRUCT = "hhqqi"
@@ -109,27 +103,3 @@ def exclusive_flock_holders() -> "dict[tuple[int, int], int] | None":
         except ValueError:
             continue
     return holders
-
-
-def judge_unopenable(directory: "Directory", name: str) -> int:
-    """ALIVE or DEAD for a name or member file in directory that this process may not open
-    (another user's, mode 0600), from the flocks /proc/locks shows; ABSENT if it is gone.
-
-    Only its owner (or root) can have opened it to lock it, so a lock on it is its owner's.
-    /proc/locks shows the locks of this machine only: on a filesystem shared between
-    machines whether the owner lives cannot be told, and PermissionError says so.
-    """
-    from . import _impl, _retry
-    from ._protocol import ABSENT, ALIVE, DEAD, SHARED
-
-    shown = f"{directory.path}/{name}"
-    try:
-        info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return ABSENT
-    holders = None
-    if not _impl.core.strategy(directory.fd, directory.path) & SHARED:
-        holders = exclusive_flock_holders()
-    if holders is None:
-        raise _retry.error(errno.EACCES, shown)
-    return ALIVE if (info.st_dev, info.st_ino) in holders else DEAD

@@ -1,11 +1,9 @@
-"""/proc/self/mountinfo (proc(5)): which mounts this process sees, and which holds a path.
+"""/proc/self/mountinfo (proc(5)): the mounts a table lists, and which holds a path.
 
-The cores read and parse the table (csrc/figures.h and its pure twin): the one reader of
-it in the package, for the filesystem report here and for the cgroup mounts (_cgroups).
+The cores read and parse the table (csrc/figures.h and its pure twin), the one reader of
+it in the package, for the filesystem report (_lockability) and for the cgroup mounts
+(_cgroups); this module makes the lines into Mounts and reads nothing itself.
 """
-
-from . import _impl
-from ._protocol import WORKING_DIRECTORY
 
 
 class Mount:
@@ -30,21 +28,9 @@ class Mount:
         self.options = options
 
 
-def read_mounts(root: str = "/") -> "list[Mount] | None":
-    """The mounts this process sees, in the table's order (a later one is mounted on top);
-    None where the table cannot be read or is malformed.  With root other than "/", the
-    table of a system captured there: root/proc/self/mountinfo, read beneath root with no
-    link followed (OSError where root is missing or not a directory)."""
-    if root.rstrip("/"):
-        captured = _impl.core.Directory(root, follow=True)
-        try:
-            reason, lines = _impl.core.mount_table(captured.fd, "proc/self/mountinfo", "")
-        finally:
-            captured.close()
-    else:
-        reason, lines = _impl.core.mount_table(WORKING_DIRECTORY, "/proc/self/mountinfo", "")
-    if reason:
-        return None
+def mounts_from(lines: "list[tuple[int, int, str, str, str, str, str, str]]") -> "list[Mount]":
+    """The mounts of a table as a core's mount_table parsed it, in the table's order (a
+    later one is mounted on top)."""
     return [
         Mount((major, minor), mount_root, point, kind, source, ",".join(filter(None, options)))
         for major, minor, mount_root, point, kind, source, *options in lines

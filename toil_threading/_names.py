@@ -7,15 +7,18 @@ attributes, re-exported by the facade.
 
 import _thread
 import atexit
+import errno
 import os
 
-from . import _checks, _impl, _locks
-from ._protocol import ALIVE, DENIED
+from . import _checks, _errors, _impl
+from ._lockability import lock_flags_for
+from ._locks import exclusive_flock_holders
+from ._protocol import ABSENT, ALIVE, DEAD, DENIED, SHARED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._checks import StrPath
-    from ._core_py import Held
+    from ._core_py import Directory, Held
 
 #: Guards current_process_name_for (and the files behind it).
 current_process_name_lock = _thread.allocate_lock()  # what threading.Lock() makes
@@ -83,7 +86,7 @@ def get_process_name(base_dir: "StrPath") -> str:
     :param base_dir: Base directory to work in. Defines the shared namespace.
     :returns: the process's name there, the same on every call from this process.
     """
-    base_dir = _checks.directory(base_dir)
+    base_dir = _checks.path(base_dir)
     held = _held_names.get(base_dir)
     if held is not None and held.gone():
         with current_process_name_lock:  # its directory was cleaned up: forget it
@@ -92,7 +95,7 @@ def get_process_name(base_dir: "StrPath") -> str:
     if held is None:
         # No lock is held while a name is made (an interrupt there would leave it held):
         # threads racing here store one name, the first, and a loser lets its file go.
-        made = _impl.core.Held(_impl.core.Directory(base_dir))
+        made = _impl.core.Held(_impl.core.Directory(base_dir), lock_flags_for)
         held = _held_names.setdefault(base_dir, made)
         if held is not made:
             made.release()
@@ -106,14 +109,35 @@ def process_name_exists(base_dir: "StrPath", name: str) -> bool:
     Sees across container boundaries that share base_dir.  A dead process's name file
     is removed.
     """
-    base_dir = _checks.directory(base_dir)
+    base_dir = _checks.path(base_dir)
     _checks.name(name, "process name", 0)
     directory = _impl.core.Directory(base_dir)
     try:
-        state = _impl.core.probe(directory, name, True)
+        state = _impl.core.probe(directory, name, True, lock_flags_for)
         if state == DENIED:
             # Another user's file, which only its owner can open: /proc/locks tells.
-            state = _locks.judge_unopenable(directory, name)
+            state = judge_unopenable(directory, name)
         return state == ALIVE
     finally:
         directory.close()
+
+
+def judge_unopenable(directory: "Directory", name: str) -> int:
+    """ALIVE or DEAD for a name or member file in directory that this process may not open
+    (another user's, mode 0600), from the flocks /proc/locks shows; ABSENT if it is gone.
+
+    Only its owner (or root) can have opened it to lock it, so a lock on it is its owner's.
+    /proc/locks shows the locks of this machine only: on a filesystem shared between
+    machines whether the owner lives cannot be told, and PermissionError says so.
+    """
+    shown = f"{directory.path}/{name}"
+    try:
+        info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return ABSENT
+    holders = None
+    if not _impl.core.lock_flags(directory.fd, directory.path, lock_flags_for) & SHARED:
+        holders = exclusive_flock_holders()
+    if holders is None:
+        raise _errors.error(errno.EACCES, shown)
+    return ALIVE if (info.st_dev, info.st_ino) in holders else DEAD

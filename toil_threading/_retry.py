@@ -1,122 +1,160 @@
-"""What a core does when something goes wrong, written once and called only then.
+"""The retry policy for lock calls, and what a core does when a lock call fails or a
+file vanishes under it: retry decisions and pauses, with their log lines.
 
 The cores make the system calls and run the hot loops; when a call fails they hand the
-failure here: retry decisions, pauses, log lines, hints and the exceptions themselves
-live in this one place, so the two cores behave (and word their errors) the same.
-Pauses go through time.sleep, which releases the GIL and lets Ctrl-C through.
+failure here, so the two cores behave the same.  Pauses go through time.sleep, which
+releases the GIL and lets Ctrl-C through.  Loaded on the first failure or wait with a
+timeout, or at start-up where a TOIL_THREADING_LOCK_* setting is given.
 """
 
 import errno
 import os
-import stat
 import sys
 import time
 
+from . import _checks
+from ._errors import LockTimeout, error, fail_if_removed, log, mutex_name
 from ._protocol import (
     AGAIN,
     DEFAULT_RETRY_POLICY,
-    LOGGER_NAME,
     POLL_CAP,
     POLL_FIRST,
+    RETRY_SETTINGS,
     VANISHED_PAUSE_CAP,
     VANISHED_TRIES,
     WAIT,
 )
-from ._timeout import LockTimeout, mutex_name
 
-# The logger records go to; install_into_toil() makes it Toil's module's.
-logger_name = LOGGER_NAME
-
-# (max_tries, backoff, max_backoff) for EIO and ENOLCK; the facade validates changes.
+# (max_tries, backoff, max_backoff) for EIO and ENOLCK, as set_lock_retry_policy checked it.
 policy: tuple[int, float, float] = DEFAULT_RETRY_POLICY
 
-# The likely cause named when giving up, by errno.
-_GIVE_UP_HINTS = {
-    errno.ENOLCK: "ENOLCK usually means an NFS mount without a working lock daemon (lockd)",
-    errno.EIO: "EIO from flock is typical of a Ceph MDS in trouble; Ceph is not safe for locks",
-}
 
-# Clearer words than strerror's for the errors a hostile directory gives.
-_MESSAGES = {
-    errno.ELOOP: "a symbolic link is there, and locks never follow one",
-}
+class LockRetryPolicy(tuple):  # type: ignore[type-arg]
+    """(max_tries, backoff, max_backoff): how EIO and ENOLCK from a lock call are retried.
+
+    A plain tuple with names, not a NamedTuple: typing is too slow to import here.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, max_tries: int, backoff: float, max_backoff: float) -> "LockRetryPolicy":
+        return tuple.__new__(cls, (max_tries, backoff, max_backoff))
+
+    @property
+    def max_tries(self) -> int:
+        """Attempts in all before giving up (at least 1)."""
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def backoff(self) -> float:
+        """First pause after a failure, in seconds; doubled after each one."""
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def max_backoff(self) -> float:
+        """Longest pause, in seconds."""
+        return self[2]  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return (
+            f"LockRetryPolicy(max_tries={self[0]!r}, backoff={self[1]!r}, max_backoff={self[2]!r})"
+        )
 
 
-def log(level: int, message: str, *args: object) -> None:
-    # logging is imported only when something is worth saying: it costs milliseconds.
-    # Below WARNING, nothing can be listening before something has imported it.
-    if level < 30 and "logging" not in sys.modules:
-        return
-    import logging
-
-    logging.getLogger(logger_name).log(level, message, *args)
+def lock_retry_policy() -> "LockRetryPolicy":
+    """The policy in force for EIO/ENOLCK retries of lock calls."""
+    return LockRetryPolicy(*policy)
 
 
-def error(err: int, path: str | None) -> OSError:
-    """The exception both cores raise for err on path (OSError picks the subclass)."""
-    return OSError(err, _MESSAGES.get(err) or os.strerror(err), path)
+def set_lock_retry_policy(
+    *,
+    max_tries: int | None = None,
+    backoff: float | None = None,
+    max_backoff: float | None = None,
+) -> "LockRetryPolicy":
+    """Change the EIO/ENOLCK retry policy (the fields not given stay); returns the old one.
 
-
-def not_a_regular_file(path: str, wanted: str, dir_fd: int, name: str) -> OSError:
-    """For a FIFO, socket, device or directory found where wanted (a lock file, a file to
-    read) should be: name, relative to dir_fd (or WORKING_DIRECTORY), says which."""
-    try:
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except OSError:
-        mode = 0
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
+    ``max_tries`` counts every attempt (at least 1); ``backoff`` is the first pause in
+    seconds, doubled after each failure up to ``max_backoff``.
+    """
+    old = lock_retry_policy()
+    new = LockRetryPolicy(
+        old.max_tries if max_tries is None else max_tries,
+        old.backoff if backoff is None else backoff,
+        old.max_backoff if max_backoff is None else max_backoff,
     )
-    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
-    return OSError(errno.EINVAL, f"not {wanted}: {kind} is there", path)
+    tries = new.max_tries
+    if isinstance(tries, bool) or not isinstance(tries, int) or not 1 <= tries <= 2**31 - 1:
+        raise ValueError(f"max_tries must be a whole number from 1 to 2**31 - 1, not {tries!r}")
+    _checks.seconds(new.backoff, "backoff", allow_none=False)
+    _checks.seconds(new.max_backoff, "max_backoff", allow_none=False)
+    global policy
+    policy = (new.max_tries, float(new.backoff), float(new.max_backoff))
+    return old
 
 
-def directory_error(err: int, shown: str, dir_fd: int, name: str) -> OSError:
-    """The error for a directory we may not open (name, relative to dir_fd, which may be
-    WORKING_DIRECTORY); a symbolic link there (refused with ENOTDIR or ELOOP) is named as one."""
-    if err in (errno.ENOTDIR, errno.ELOOP):
+def _setting(variable: str, whole: bool, largest: int) -> float | None:
+    """The number an environment variable holds, None if it is unset or empty.
+
+    Only plain ASCII decimals are numbers here (no sign, space, underscore, exponent,
+    inf, nan or other digits than 0-9, all of which int() and float() take), with a
+    fraction for seconds; from 1 (whole) or above 0 (seconds) to largest.  Anything else
+    is a ValueError naming the variable.
+    """
+    text = os.environ.get(variable)
+    if not text:
+        return None
+    digits, point, fraction = text.partition(".")
+    plain = text.isascii() and digits.isdigit() and (not point or fraction.isdigit())
+    number = float(text) if plain and not (whole and point) else 0.0  # 0: refused below
+    if number <= 0 or number > largest:
+        wanted = (
+            f"a whole number from 1 to {largest}"
+            if whole
+            else f"a number of seconds above 0 and at most {largest}, like 2 or 0.5"
+        )
+        raise ValueError(f"{variable}={text!a} is not {wanted} (in ASCII digits)")
+    return number
+
+
+def _refuse(problem: str, instead: str) -> None:
+    """A bad retry setting: ValueError naming it, except in a process the Toil switch runs
+    on this package, where it must not stop every Toil process: there it is one line on
+    stderr (as the switch reports), saying what is used instead."""
+    switch = sys.modules.get("toil_threading_for_toil")
+    if switch is None or getattr(switch, "switched_on", False) is not True:
+        raise ValueError(problem) from None
+    switch.warn(f"{problem}; {instead}")
+
+
+def apply_settings() -> None:
+    """Apply the TOIL_THREADING_LOCK_* settings (see _setting and _refuse).  A first pause
+    longer than the longest is refused too: it would have no effect."""
+    given: list[float | None] = []
+    for (variable, whole, largest), default in zip(
+        RETRY_SETTINGS, DEFAULT_RETRY_POLICY, strict=True
+    ):
         try:
-            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                err = errno.ELOOP
-        except OSError:
-            pass
-    return error(err, shown)
-
-
-def open_linked_directory(path: str) -> int:
-    """Open the directory path names where its last component is a symbolic link: followed
-    only where the link belongs to this user or to root, who alone could have made a link
-    they own (another user's link could point anywhere).  Everything is resolved once: the
-    link's parent, the link itself (opened without following it), then its target relative
-    to that parent.  Anything but a trusted link to a directory raises OSError."""
-    parent, name = os.path.split(path.rstrip("/") or "/")
-    held = []
-    try:
-        held.append(os.open(parent or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-        held.append(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=held[0]))
-        link = os.fstat(held[1])
-        if not stat.S_ISLNK(link.st_mode):
-            raise error(errno.ENOTDIR, path)
-        if link.st_uid not in (0, os.geteuid()):
-            raise OSError(
-                errno.ELOOP,
-                f"a symbolic link of another user (uid {link.st_uid}) is there, and only this"
-                " user's or root's are followed",
-                path,
-            )
-        target = os.readlink("", dir_fd=held[1])
-        return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=held[0])
-    except OSError as failure:
-        if failure.filename is None:
-            raise error(failure.errno or errno.EIO, path) from None
-        raise
-    finally:
-        for fd in held:
-            os.close(fd)
+            given.append(_setting(variable, whole, largest))
+        except ValueError as problem:
+            _refuse(str(problem), f"the default, {default:g}, is used")
+            given.append(None)
+    max_tries, backoff, max_backoff = given
+    limit = DEFAULT_RETRY_POLICY[2] if max_backoff is None else max_backoff
+    if backoff is not None and backoff > limit:
+        _refuse(
+            f"{RETRY_SETTINGS[1][0]}={backoff:g} is longer than the longest pause,"
+            f" {RETRY_SETTINGS[2][0]}={limit:g}{' (its default)' if max_backoff is None else ''}",
+            f"the default, {DEFAULT_RETRY_POLICY[1]:g}, is used",
+        )
+        backoff = None
+    if max_tries is None and backoff is None and max_backoff is None:
+        return  # Toil's policy stands
+    set_lock_retry_policy(
+        max_tries=None if max_tries is None else int(max_tries),
+        backoff=backoff,
+        max_backoff=max_backoff,
+    )
 
 
 class Deadline:
@@ -138,7 +176,7 @@ def timed_out(
     """The LockTimeout for a wait on the lock file at path, whose device and inode are
     identity (None where no file is there now): its holder is looked up in /proc/locks."""
     waited = time.monotonic() - deadline.started
-    from ._locks import exclusive_flock_holders
+    from ._locks import exclusive_flock_holders  # reads /proc/locks: only when needed
 
     holder = None
     if identity is not None:
@@ -160,6 +198,12 @@ def _path_of(fd: int) -> str | None:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
+
+
+def _lock_error_hint(err: int) -> str:
+    from ._filesystems import LOCK_ERROR_HINTS
+
+    return LOCK_ERROR_HINTS.get(err, "")
 
 
 def after_lock_call(
@@ -211,7 +255,7 @@ def lock_failed(
             where,
             failures,
             reason,
-            _GIVE_UP_HINTS.get(err, ""),
+            _lock_error_hint(err),
         )
         raise error(err, where)
     pause = min(backoff * 2.0 ** min(failures - 1, 64), max_backoff)
@@ -245,7 +289,7 @@ def vanished(
     once; running out of tries is the error itself, and running out of time a LockTimeout.
     """
     if err == errno.ENOENT:
-        _fail_if_removed(dir_fd, directory)
+        fail_if_removed(dir_fd, directory)
     if deadline is not None and deadline.left() <= 0:
         try:
             info = os.stat(os.path.basename(path), dir_fd=dir_fd, follow_symlinks=False)
@@ -257,43 +301,3 @@ def vanished(
         raise error(err, path)
     if tries > 1:
         time.sleep(min(POLL_FIRST * (1 << min(tries - 2, 16)), VANISHED_PAUSE_CAP))
-
-
-def _fail_if_removed(dir_fd: int, directory: str) -> None:
-    """A FileNotFoundError naming directory (open at dir_fd) if it was removed."""
-    try:
-        gone = os.fstat(dir_fd).st_nlink == 0
-    except OSError as missing:
-        raise error(missing.errno or errno.ENOENT, directory) from None
-    if gone:
-        raise error(errno.ENOENT, directory)
-
-
-def cannot_create(dir_fd: int, directory: str, path: str) -> OSError:
-    """The error for ENOENT from an exclusive create of path in directory (open at dir_fd),
-    which looks the name up past any cache: the directory was removed (raised here, naming
-    it), or its filesystem makes no files, as /proc makes none."""
-    _fail_if_removed(dir_fd, directory)
-    return OSError(
-        errno.ENOENT,
-        "cannot create a file there: the directory exists, but its filesystem makes no files",
-        path,
-    )
-
-
-def lost(path: str, replaced: bool) -> None:
-    """Our lock file was removed or replaced by someone outside the protocol while held."""
-    log(
-        40,
-        "lock file %s was %s while its lock was held (by pid %d): "
-        "something outside the locking protocol touched it",
-        path,
-        "replaced" if replaced else "removed",
-        os.getpid(),
-    )
-
-
-def kept(path: str, err: int) -> None:
-    """Our lock file could not be unlinked (another user's, in a sticky directory; or on a
-    read-only filesystem)."""
-    log(10, "left %s in place: %s (the lock itself was released)", path, os.strerror(err))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from . import _retry
+from . import _errors
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,13 +50,13 @@ def _patch(module: ModuleType, ours: dict[str, object]) -> dict[str, tuple[objec
             replaced[name] = (old, new)
             setattr(module, name, new)
     module.__dict__["__toil_threading__"] = toil_threading
-    _retry.logger_name = TOIL_MODULE
+    _errors.logger_name = TOIL_MODULE
     toils_own = sorted(
         name
         for name, value in module.__dict__.items()
         if not name.startswith("_") and name not in ours and not isinstance(value, type(sys))
     )
-    _retry.log(
+    _errors.log(
         10,
         "%s runs on toil_threading %s; Toil's own kept: %s",
         TOIL_MODULE,

@@ -20,9 +20,10 @@ import socket
 import stat
 import time
 
-from . import _impl, _retry
-from ._filesystems import FLOCK_AND_RECORD, REFUSE, filesystem_report
-from ._locks import FLOCK, RECORD, RECORD_LOCKS, lock_call, unlock_record
+from . import _errors, _impl
+from ._filesystems import RECORD_LOCKS, STRATEGY_FLOCK_AND_RECORD, STRATEGY_REFUSED
+from ._lockability import filesystem_report
+from ._locks import FLOCK, RECORD, lock_call, unlock_record
 from ._protocol import WORKING_DIRECTORY
 
 TYPE_CHECKING = False
@@ -109,7 +110,7 @@ def _open_scratch(directory: "Directory", flags: int) -> int:
     try:
         return os.open(SCRATCH, flags, 0o644, dir_fd=directory.fd)
     except OSError as error:
-        raise _retry.error(error.errno or errno.EIO, f"{directory.path}/{SCRATCH}") from None
+        raise _errors.error(error.errno or errno.EIO, f"{directory.path}/{SCRATCH}") from None
 
 
 def _opened_record(directory: "Directory") -> "tuple[int, dict[str, Any]]":
@@ -120,7 +121,7 @@ def _opened_record(directory: "Directory") -> "tuple[int, dict[str, Any]]":
     fd = _open_scratch(directory, _OPEN)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _retry.not_a_regular_file(path, "a scratch file", directory.fd, SCRATCH)
+            raise _errors.not_a_regular_file(path, "a scratch file", directory.fd, SCRATCH)
         record = _record_in(os.read(fd, _RECORD_LIMIT + 1))
         if record is None:
             raise NotVerified(
@@ -255,9 +256,9 @@ def check(directory_path: str) -> "dict[str, Any]":
     finally:
         os.close(fd)  # lets go of whatever was taken
     strategy = filesystem_report(directory_path).strategy
-    if strategy == REFUSE:
+    if strategy == STRATEGY_REFUSED:
         excluded = False
-    elif strategy == FLOCK_AND_RECORD:
+    elif strategy == STRATEGY_FLOCK_AND_RECORD:
         excluded = flock or bool(posix)
     else:
         excluded = flock

@@ -1,10 +1,10 @@
-"""The per-filesystem strategy table, shared between threads.
+"""The per-filesystem table of lock flags, shared between threads.
 
 Each core keeps how to lock on each filesystem it met (its device) in a table of
-STRATEGIES_KEPT slots, reused in turn; the compiled core reads it without the GIL on its
+LOCK_FLAGS_KEPT slots, reused in turn; the compiled core reads it without the GIL on its
 common paths while another thread may be writing a slot.  Threads locking on more
 filesystems than there are slots, half of which need a record lock besides the flock,
-must never lock one filesystem by another's strategy.
+must never lock one filesystem by another's flags.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import linux_only, python_with_core, skip_or_fail
 
-from toil_threading._protocol import STRATEGIES_KEPT
+from toil_threading._protocol import LOCK_FLAGS_KEPT
 
 pytestmark = linux_only
 
 # ramfs is given a record lock besides the flock (as GPFS gets one), tmpfs is local.
 VERDICTS = {"TOIL_THREADING_LOCK_VERDICTS": "ramfs=node/cluster"}
-EACH_KIND = STRATEGIES_KEPT // 2 + 2  # both kinds together overflow the table
+EACH_KIND = LOCK_FLAGS_KEPT // 2 + 2  # both kinds together overflow the table
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def work(offset):
         for directory, needs_record in order:
             with toil_threading.global_mutex(directory, mutex):
                 # Another open file description sees a write record lock exactly where
-                # the strategy asks for one.
+                # the lock flags ask for one.
                 fd = os.open(os.path.join(directory, f"toil-mutex-{mutex}"), os.O_RDONLY)
                 try:
                     seen = record_locked_elsewhere(fd)
@@ -92,10 +92,10 @@ print(json.dumps([rounds[0], wrong]))
 """
 
 
-def test_threads_on_more_filesystems_than_slots_lock_each_by_its_own_strategy(
+def test_threads_on_more_filesystems_than_slots_lock_each_by_its_own_flags(
     core: str, filesystems: list[tuple[Path, bool]]
 ) -> None:
-    assert len(filesystems) > STRATEGIES_KEPT
+    assert len(filesystems) > LOCK_FLAGS_KEPT
     places = [(str(point), needs_record) for point, needs_record in filesystems]
     code = f"filesystems = {places!r}\n{HAMMER}"
     child = python_with_core(core, code, env=VERDICTS, stdout=subprocess.PIPE)
