@@ -6,10 +6,14 @@ instead of stalling the suite.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import importlib
+import importlib.util
 import os
 import pickle
+import pkgutil
 import select
 import signal
 import time
@@ -19,25 +23,42 @@ from typing import Any
 
 import pytest
 
+import toil_threading
+
 NOBODY = (65534, 65534)  # uid, gid: the unprivileged user every Linux system has
-# What a child acting as another user may need: imported before it drops its rights.
-PRELOADED = (
-    "ctypes",  # the pure core's statfs
-    "io",
-    "json",
-    "toil_threading._arena",
-    "toil_threading._cli",
-    "toil_threading._filesystems",
-)
 
 
-def become(user: tuple[int, int] | None, umask: int | None) -> None:
-    """In a forked child: set umask and drop to user (uid, gid).
+@functools.cache
+def modules_the_package_may_import() -> tuple[str, ...]:
+    """Every module of the installed package, and every other module it names in an import
+    statement anywhere (some only inside a function, to keep the cold start short).
 
-    What the child may need later is imported first: another user may not be able to read
-    this interpreter's files (its home is often private), so nothing can be imported after.
-    """
-    for module in PRELOADED:
+    Found once, in the test process, without importing any of them there."""
+    found = set()
+    for module in pkgutil.iter_modules(toil_threading.__path__, "toil_threading."):
+        if module.name.endswith(".__main__"):  # importing it runs the command line
+            continue
+        found.add(module.name)
+        spec = importlib.util.find_spec(module.name)
+        source = spec.loader.get_source(module.name) if spec and spec.loader else None
+        for node in ast.walk(ast.parse(source or "")):  # no source: the compiled core
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module)
+    return tuple(sorted(found))
+
+
+def to_import_before_becoming(user: tuple[int, int] | None) -> tuple[str, ...]:
+    """What a child must import before it drops to user: another user may not be able to
+    read this interpreter or the installed package (a home or a checkout only its owner
+    may enter), so once it has dropped, the child can import nothing new."""
+    return () if user is None else modules_the_package_may_import()
+
+
+def become(user: tuple[int, int] | None, umask: int | None, imports: tuple[str, ...]) -> None:
+    """In a forked child: import imports, set umask and drop to user (uid, gid)."""
+    for module in imports:
         importlib.import_module(module)
     if umask is not None:
         os.umask(umask)
@@ -58,6 +79,7 @@ class Forked:
     ) -> None:
         to_child, self._to_child = os.pipe()
         self._from_child, from_child = os.pipe()
+        imports = to_import_before_becoming(user)
         self.pid = os.fork()
         if self.pid == 0:
             status = 0
@@ -65,7 +87,7 @@ class Forked:
                 os.close(self._to_child)
                 os.close(self._from_child)
                 self._to_child, self._from_child = from_child, to_child  # ours, from here
-                become(user, umask)
+                become(user, umask, imports)
                 body(self)
             except BaseException:
                 traceback.print_exc()
@@ -115,12 +137,13 @@ def in_child(
     timeout seconds (it is killed) or one that dies without answering.
     """
     read_end, write_end = os.pipe()
+    imports = to_import_before_becoming(user)
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         status = 0
         try:
             os.close(read_end)
-            become(user, umask)
+            become(user, umask, imports)
             outcome: tuple[str, object] = ("returned", body())
         except BaseException as error:
             outcome = ("raised", f"{type(error).__name__}: {error}\n{traceback.format_exc()}")

@@ -17,7 +17,7 @@ import pytest
 from conftest import core_prelude, linux_only, python_with_core, skip_or_fail
 
 import toil_threading
-from toil_threading import _cgroups, _cpu, _cpu_limits
+from toil_threading import _cgroups, _cpu_limits
 
 pytestmark = linux_only  # cgroups, /proc/self/mountinfo, sched_getaffinity
 
@@ -273,13 +273,15 @@ def test_v2_below_a_group_without_the_cpu_controller_is_not_read(
     )
     (root / "sys/fs/cgroup/a/b").mkdir(exist_ok=True)
     read: list[str] = []
-    real_read = _cpu.Probe.read
+    real_read = _cpu_limits.Probe.read
 
-    def counted(probe: _cpu.Probe, function: Callable[..., Any], path: str, *more: object) -> Any:
+    def counted(
+        probe: _cpu_limits.Probe, function: Callable[..., Any], path: str, *more: object
+    ) -> Any:
         read.append(path.lstrip("/"))
         return real_read(probe, function, path, *more)
 
-    monkeypatch.setattr(_cpu.Probe, "read", counted)
+    monkeypatch.setattr(_cpu_limits.Probe, "read", counted)
     answer = toil_threading.explain_cpu_count(root)
     assert cgroup_limits(root) == [
         (None, "/sys/fs/cgroup/a/b/c"),

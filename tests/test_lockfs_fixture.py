@@ -12,7 +12,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import pwd
 import select
 import signal
 import struct
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from children import NOBODY, Forked
 from lockfs import (
     ROOT_PREFIX,
     LockfsMounts,
@@ -317,37 +317,22 @@ def test_killed_waiter_leaves_no_lock(paths: tuple[Path, Path]) -> None:
 
 
 def test_other_users_may_use_it(lockfs: LockfsMounts, paths: tuple[Path, Path]) -> None:
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user 'nobody' here")
     a, b = paths
-    # Forked, not a fresh interpreter: the interpreter may live where nobody cannot read.
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(reader)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-            os.write(writer, b"locked")
-            time.sleep(PATIENCE)
-        finally:
-            os._exit(1)
-    os.close(writer)
+
+    def lock_a(child: Forked) -> None:
+        fd = os.open(a, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        child.say("locked")
+        child.hear(PATIENCE)
+
+    as_nobody = Forked(lock_a, NOBODY)
     try:
-        ready, _, _ = select.select([reader], [], [], PATIENCE)
-        assert ready and os.read(reader, 100) == b"locked", "the child as nobody failed"
+        assert as_nobody.hear(PATIENCE) == "locked", "the child as nobody failed"
         created = os.stat(lockfs.backing / a.name)
-        assert (created.st_uid, created.st_gid) == (nobody.pw_uid, nobody.pw_gid)
+        assert (created.st_uid, created.st_gid) == NOBODY
         assert try_record_lock(b, "F_OFD_SETLK") in BUSY
     finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(reader)
+        as_nobody.kill()
 
 
 # Stands up lockfs as a test session would, says where, and waits to be killed.

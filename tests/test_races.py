@@ -33,12 +33,9 @@ from children import NOBODY, Forked, in_child
 from conftest import assert_locked_elsewhere, linux_only, needs_root, run_cli, skip_or_fail
 
 import toil_threading
-from toil_threading import _cli, _inspect, _verify
+from toil_threading import _cli
 
 pytestmark = linux_only
-
-# Imported here so that a child acting as nobody never has to import them.
-_PRELOADED = (_cli, _inspect, _verify)
 
 ANOTHER_USER = (4242, 4242)  # neither root nor nobody, nor the caller of any test here
 

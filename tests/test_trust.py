@@ -13,10 +13,14 @@ step runs in a forked child with a time limit, as the user named.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import io
+import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +52,41 @@ def try_to_hold(path: Path) -> Forked:
         child.hear(600)
 
     return Forked(body, NOBODY)
+
+
+def test_a_child_as_another_user_needs_to_read_no_file(core: str, shared_dir: Path) -> None:
+    """What every test here rests on: a child acting as nobody, who may be unable to read
+    this interpreter or the installed package (both can lie in a home or a checkout only
+    their owner may enter), still loads every public name of the package, runs its calls
+    and its command line."""
+    needs_root()
+
+    def use_the_package_reading_no_file() -> tuple[object, ...]:
+        sys.path.clear()  # from here on, no file can be imported: as where nobody may read none
+        toil_threading.__path__.clear()
+        missing = [name for name in toil_threading.__all__ if not hasattr(toil_threading, name)]
+        from toil_threading import _cli
+
+        report = io.StringIO()
+        with contextlib.redirect_stdout(report):
+            status = _cli.main(["inspect", "--json", str(shared_dir)])
+        return (
+            missing,
+            toil_threading.process_name_exists(shared_dir, "tmpnotaname"),
+            toil_threading.cpu_count() == toil_threading.explain_cpu_count().count,
+            toil_threading.filesystem_report(shared_dir).type,
+            status,
+            json.loads(report.getvalue())["names"],
+        )
+
+    assert in_child(use_the_package_reading_no_file, user=NOBODY) == (
+        [],
+        False,
+        True,
+        toil_threading.filesystem_report(shared_dir).type,
+        0,
+        [],
+    )
 
 
 def test_a_foreign_flock_cannot_keep_a_dead_name_alive(core: str, shared_dir: Path) -> None:

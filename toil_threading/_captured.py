@@ -7,8 +7,7 @@ followed and no "..", so nothing outside the root is read.  Loaded only for such
 """
 
 from . import _impl
-from ._cpu import JOB_VARIABLES, Probe
-from ._cpu_limits import CpuLimit, cpus_in_words, unreadable
+from ._cpu_limits import JOB_VARIABLES, CpuLimit, Probe, cpus_in_words, unreadable
 from ._protocol import FIGURE_FILE_BYTES, STATUS_FILE_BYTES, TABLE_FILE_BYTES
 
 

@@ -10,12 +10,8 @@ import os
 from errno import ENOENT
 
 from . import _impl
-from ._cpu_limits import CpuLimit, unreadable
+from ._cpu_limits import CpuLimit, Probe, unreadable
 from ._protocol import NOT_REGULAR
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ._cpu import AnyProbe
 
 _NO_V1 = CpuLimit("cgroup v1", None, "no v1 hierarchy has the cpu controller")
 _NO_V2 = CpuLimit("cgroup v2", None, "not in a cgroup2 hierarchy")
@@ -38,7 +34,7 @@ def _identity(path: str) -> tuple[int, int] | int:
     return found.st_dev, found.st_ino
 
 
-def _is_directory(probe: "AnyProbe", path: str) -> bool:
+def _is_directory(probe: Probe, path: str) -> bool:
     # Opened as a file to read, a directory is "not a regular file": one question that
     # works the same under a captured root.
     reason: int = probe.read(_impl.core.read_bounded, path + "/", 0)[0]
@@ -67,7 +63,7 @@ def _find_mount(
     return first
 
 
-def _mount(probe: "AnyProbe", version: int, path: str) -> tuple[str, str, bool] | int | None:
+def _mount(probe: Probe, version: int, path: str) -> tuple[str, str, bool] | int | None:
     """(mount point, mount root, whether the mount point is the hierarchy's real root),
     None where there is no such mount, or the reason mountinfo could not be read.
 
@@ -109,7 +105,7 @@ def _quota(source: str, shown: str, quota: int, period: int) -> CpuLimit:
     )
 
 
-def _level_v2(probe: "AnyProbe", directory: str) -> tuple[CpuLimit, bool]:
+def _level_v2(probe: Probe, directory: str) -> tuple[CpuLimit, bool]:
     """The limit a v2 cgroup directory sets, and whether it has no cpu.max."""
     shown = directory or "/"
     reason, quota, period = probe.read(_impl.core.cpu_max, directory + "/cpu.max")
@@ -124,7 +120,7 @@ def _level_v2(probe: "AnyProbe", directory: str) -> tuple[CpuLimit, bool]:
     return _quota("cgroup v2", shown, quota, period), False
 
 
-def _level_v1(probe: "AnyProbe", directory: str) -> tuple[CpuLimit, bool]:
+def _level_v1(probe: Probe, directory: str) -> tuple[CpuLimit, bool]:
     """The limit a v1 cgroup directory sets, and whether it has no cpu.cfs_quota_us."""
     shown = directory or "/"
     reason, quota = probe.read(_impl.core.cfs_figure, directory + "/cpu.cfs_quota_us")
@@ -145,7 +141,7 @@ def _level_v1(probe: "AnyProbe", directory: str) -> tuple[CpuLimit, bool]:
     return _quota("cgroup v1", shown, quota, period), False
 
 
-def _hierarchy(probe: "AnyProbe", version: int, path: str) -> list[CpuLimit]:
+def _hierarchy(probe: Probe, version: int, path: str) -> list[CpuLimit]:
     """One limit per level, from this process's cgroup (path) up to the mount."""
     source = f"cgroup v{version}"
     if "/../" in path + "/":
@@ -204,7 +200,7 @@ def _hierarchy(probe: "AnyProbe", version: int, path: str) -> list[CpuLimit]:
     return limits
 
 
-def limits(probe: "AnyProbe") -> list[CpuLimit]:
+def limits(probe: Probe) -> list[CpuLimit]:
     """The cgroup limits on this process: v1's levels (or why none), then v2's."""
     reason, v1_path, v2_path = probe.read(_impl.core.cgroup_membership, "/proc/self/cgroup")
     if reason:

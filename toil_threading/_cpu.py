@@ -6,166 +6,28 @@ Every source that can limit the count is asked and answers with a CpuLimit
 job) and the PYTHON_CPU_COUNT / -X cpu_count override.  The count is the override where
 one is in force, otherwise the smallest figure, at least 1.
 
-The walk is written once, over a probe: the live process, or a system captured under
-another root (toil_threading._captured), where everything is read from files beneath it.
-The probe remembers every question it asked and the answer, so cpu_count() can ask them
-again once a second and walk anew only when an answer changed.
+The walk is written once, over a probe (toil_threading._cpu_limits): the live process,
+or a system captured under another root (toil_threading._captured), where everything is
+read from files beneath it.  The probe remembers every question it asked and the answer,
+so cpu_count() can ask them again once a second and walk anew only when an answer changed.
 """
 
 import os
-import sys
 from time import monotonic
 
 from . import _cgroups, _impl
-from ._cpu_limits import OUTSIDE_ANY_JOB, CpuCount, CpuLimit, unreadable
-from ._protocol import MALFORMED, NOT_REGULAR, TABLE_FILE_BYTES, WORKING_DIRECTORY
+from ._cpu_limits import OUTSIDE_ANY_JOB, CpuCount, CpuLimit, LiveProbe, Probe, unreadable
+from ._protocol import MALFORMED, NOT_REGULAR, WORKING_DIRECTORY
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, TypeAlias
 
-    from ._captured import CapturedProbe
     from ._checks import StrPath
-
-    AnyProbe: TypeAlias = "_LiveProbe | CapturedProbe"
-    Seen: TypeAlias = "list[tuple[Callable[..., Any], tuple[Any, ...], Any]]"
+    from ._cpu_limits import Seen
 
 # How long cpu_count() answers from memory before asking its questions again.
 RECHECK_SECONDS = 1.0
-
-
-def _getenv(name: str) -> str | None:
-    """os.environ.get(name), made cheap for the unset names a walk mostly asks about.
-
-    os.environ.get raises and catches KeyError twice for an unset name, about 1 us on a
-    slow machine, and a walk asks for seven names, most of them unset; the dict behind
-    os.environ (bytes on POSIX, always in step with it) answers a miss in 20 ns.
-    """
-    data = getattr(os.environ, "_data", None)
-    if data is None:  # os.environ replaced by a plain mapping
-        return os.environ.get(name)
-    value = data.get(name.encode())
-    return None if value is None else os.fsdecode(value)
-
-
-# The variables that say a scheduler's job is running (each scheduler reads more).
-JOB_VARIABLES = (
-    "SLURM_JOB_ID",
-    "SLURM_JOBID",
-    "PBS_JOBID",
-    "JOB_ID",
-    "LSB_JOBID",
-    "_CONDOR_MACHINE_AD",
-)
-_JOB_KEYS = tuple(name.encode() for name in JOB_VARIABLES)
-
-
-def _in_a_job_now() -> bool:
-    """Whether any of JOB_VARIABLES is set (and not empty), in one question: a walk
-    outside a job asks nothing more of the environment for the schedulers."""
-    data = getattr(os.environ, "_data", None)
-    if data is None:  # os.environ replaced by a plain mapping
-        return any(os.environ.get(name) for name in JOB_VARIABLES)
-    return any(data.get(key) for key in _JOB_KEYS)
-
-
-def _online_now() -> int:
-    return os.sysconf("SC_NPROCESSORS_ONLN")
-
-
-def _affinity_now() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _cpu_count_option_now() -> object:
-    return sys._xoptions.get("cpu_count")
-
-
-def _hostname_now() -> str:
-    return os.uname().nodename
-
-
-class Probe:
-    """What the walk asks: the live process, or a system captured beneath a directory.
-
-    Files are read by the cores relative to ``directory`` (WORKING_DIRECTORY for the live
-    process, whose paths are absolute; a captured root's descriptor, beneath which paths
-    are relative).  Every question and its answer are kept in ``seen``, as (function,
-    arguments, answer), so that asking them again tells whether anything the answer
-    rests on has changed.
-    """
-
-    __slots__ = ("directory", "live", "seen")
-
-    def __init__(self, directory: int) -> None:
-        self.directory = directory
-        self.live = directory == WORKING_DIRECTORY
-        self.seen: Seen = []
-
-    def remember(
-        self, function: "Callable[..., Any]", arguments: "tuple[Any, ...]", answer: object
-    ) -> None:
-        """Keep a question asked without ask() (see _cgroups._mount)."""
-        self.seen.append((function, arguments, answer))
-
-    def ask(self, function: "Callable[..., Any]", *arguments: object) -> "Any":
-        answer = function(*arguments)
-        self.seen.append((function, arguments, answer))
-        return answer
-
-    def beneath(self, path: str) -> str:
-        """An absolute path of the system as the cores take it under this probe's directory."""
-        return path if self.live else path.lstrip("/") or "."
-
-    def read(self, function: "Callable[..., Any]", path: str, *more: object) -> "Any":
-        """A core's reader (read_bounded, cpu_max, ...) on the file at path: its answer."""
-        return self.ask(function, self.directory, self.beneath(path), *more)
-
-    def read_named(self, path: str) -> str | int:
-        """The file a variable names (beneath a captured root too): its text, or why not."""
-        reason: int
-        text: str
-        reason, text = self.read(_impl.core.read_bounded, path, TABLE_FILE_BYTES)
-        return reason or text
-
-
-class _LiveProbe(Probe):
-    """This process, through the system calls and the interpreter's own settings.
-
-    Besides read(), both probes answer env(name), machine(), affinity(), hostname() and
-    interpreter(): (-X cpu_count's value or None, whether the environment is ignored).
-    """
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        super().__init__(WORKING_DIRECTORY)
-
-    def env(self, name: str) -> str | None:
-        return self.ask(_getenv, name)  # type: ignore[no-any-return]
-
-    def in_a_job(self) -> bool:
-        return self.ask(_in_a_job_now)  # type: ignore[no-any-return]
-
-    def machine(self) -> CpuLimit:
-        online = self.ask(_online_now)
-        if online < 1:
-            return CpuLimit("machine", None, "sysconf(_SC_NPROCESSORS_ONLN) gave no count")
-        return CpuLimit("machine", online, "online CPUs, from sysconf(_SC_NPROCESSORS_ONLN)")
-
-    def affinity(self) -> CpuLimit:
-        if not hasattr(os, "sched_getaffinity"):
-            return CpuLimit("affinity", None, "no affinity mask on this platform")
-        allowed = self.ask(_affinity_now)
-        why = "this process's affinity mask, from sched_getaffinity"
-        return CpuLimit("affinity", allowed, why)
-
-    def interpreter(self) -> tuple[object, bool]:
-        return self.ask(_cpu_count_option_now), bool(sys.flags.ignore_environment)
-
-    def hostname(self) -> str:
-        return self.ask(_hostname_now)  # type: ignore[no-any-return]
 
 
 # -- The override ----------------------------------------------------------------------
@@ -210,7 +72,7 @@ def _override_count(setting: str, named: str) -> int | None:
     return count
 
 
-def _override(probe: "AnyProbe") -> CpuLimit:
+def _override(probe: Probe) -> CpuLimit:
     """PYTHON_CPU_COUNT or -X cpu_count, read as CPython 3.13 reads them for os.cpu_count.
 
     A bad value raises ValueError naming it (CPython 3.13 refuses to start with one): the
@@ -251,7 +113,7 @@ def _override(probe: "AnyProbe") -> CpuLimit:
 # for this process: a wrong figure is worse than none, since the smallest one wins.
 
 
-def _scheduler_limits(probe: "AnyProbe") -> list[CpuLimit]:
+def _scheduler_limits(probe: Probe) -> list[CpuLimit]:
     # Outside any job the question is asked, and so watched for a change by cpu_count().
     if not probe.in_a_job():
         return OUTSIDE_ANY_JOB
@@ -263,7 +125,7 @@ def _scheduler_limits(probe: "AnyProbe") -> list[CpuLimit]:
 # -- The walk and the answers ----------------------------------------------------------
 
 
-def _walk(probe: "AnyProbe") -> CpuCount:
+def _walk(probe: Probe) -> CpuCount:
     override = _override(probe)  # first: a bad setting raises before anything is read
     limits = [probe.machine(), probe.affinity(), *_cgroups.limits(probe)]
     limits += [*_scheduler_limits(probe), override]
@@ -291,7 +153,7 @@ def explain_cpu_count(root: "StrPath" = "/") -> "CpuCount":
     if not base:
         raise ValueError("root: expected a directory, found ''")
     if not base.rstrip("/"):
-        return _walk(_LiveProbe())
+        return _walk(LiveProbe())
     from ._captured import CapturedProbe
 
     probe = CapturedProbe(base)
@@ -331,7 +193,7 @@ def _unchanged(seen: "Seen") -> bool:
 def _renew(refresh: bool) -> int:
     global _count, _recheck_at, _seen
     if refresh or not _seen or not _unchanged(_seen):
-        probe = _LiveProbe()
+        probe = LiveProbe()
         _count = _walk(probe).count
         _seen = probe.seen
     _recheck_at = monotonic() + RECHECK_SECONDS

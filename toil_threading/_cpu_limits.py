@@ -1,15 +1,35 @@
-"""What cpu_count() considers and answers: a CpuLimit per source, and the CpuCount.
+"""What cpu_count() asks and answers: the probe, a CpuLimit per source, and the CpuCount.
 
 Every source that can limit the count answers with a CpuLimit: the online CPUs, the
 affinity mask, the CPU quota of this process's cgroup and of each ancestor (toil_threading
 ._cgroups), what a batch scheduler allotted to this host (toil_threading._schedulers), and
-the PYTHON_CPU_COUNT / -X cpu_count override.  This module holds the shapes of the answer
-and the words for why a file gave no figure; the walk is in toil_threading._cpu.
+the PYTHON_CPU_COUNT / -X cpu_count override.  Each source asks its questions of a Probe:
+the live process (LiveProbe, here) or a system captured under another root
+(toil_threading._captured).  This module holds the probes, the shapes of the answer and
+the words for why a file gave no figure, which every module of the walk shares; the walk
+and the decision are in toil_threading._cpu.
 """
 
 import os
+import sys
+from abc import ABC, abstractmethod
 
-from ._protocol import MALFORMED, NOT_REGULAR, OUTSIDE_ROOT, TOO_LONG
+from . import _impl
+from ._protocol import (
+    MALFORMED,
+    NOT_REGULAR,
+    OUTSIDE_ROOT,
+    TABLE_FILE_BYTES,
+    TOO_LONG,
+    WORKING_DIRECTORY,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    Seen: TypeAlias = "list[tuple[Callable[..., Any], tuple[Any, ...], Any]]"
 
 # The order of an explanation: the machine, what narrows it down, then the override.
 SOURCES = (
@@ -179,3 +199,160 @@ NO_SGE = CpuLimit("sge", None, "not in a Grid Engine job: no JOB_ID with SGE_ROO
 NO_LSF = CpuLimit("lsf", None, "not in an LSF job: no LSB_JOBID")
 NO_HTCONDOR = CpuLimit("htcondor", None, "not in an HTCondor job: no _CONDOR_MACHINE_AD")
 OUTSIDE_ANY_JOB = [NO_SLURM, NO_PBS, NO_SGE, NO_LSF, NO_HTCONDOR]
+
+
+# -- The probes: what each source asks, of the live process or of a captured system ---
+
+
+def _getenv(name: str) -> str | None:
+    """os.environ.get(name), made cheap for the unset names a walk mostly asks about.
+
+    os.environ.get raises and catches KeyError twice for an unset name, about 1 us on a
+    slow machine, and a walk asks for seven names, most of them unset; the dict behind
+    os.environ (bytes on POSIX, always in step with it) answers a miss in 20 ns.
+    """
+    data = getattr(os.environ, "_data", None)
+    if data is None:  # os.environ replaced by a plain mapping
+        return os.environ.get(name)
+    value = data.get(name.encode())
+    return None if value is None else os.fsdecode(value)
+
+
+# The variables that say a scheduler's job is running (each scheduler reads more).
+JOB_VARIABLES = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "PBS_JOBID",
+    "JOB_ID",
+    "LSB_JOBID",
+    "_CONDOR_MACHINE_AD",
+)
+_JOB_KEYS = tuple(name.encode() for name in JOB_VARIABLES)
+
+
+def _in_a_job_now() -> bool:
+    """Whether any of JOB_VARIABLES is set (and not empty), in one question: a walk
+    outside a job asks nothing more of the environment for the schedulers."""
+    data = getattr(os.environ, "_data", None)
+    if data is None:  # os.environ replaced by a plain mapping
+        return any(os.environ.get(name) for name in JOB_VARIABLES)
+    return any(data.get(key) for key in _JOB_KEYS)
+
+
+def _online_now() -> int:
+    return os.sysconf("SC_NPROCESSORS_ONLN")
+
+
+def _affinity_now() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _cpu_count_option_now() -> object:
+    return sys._xoptions.get("cpu_count")
+
+
+def _hostname_now() -> str:
+    return os.uname().nodename
+
+
+class Probe(ABC):
+    """What the walk asks: the live process, or a system captured beneath a directory.
+
+    Files are read by the cores relative to ``directory`` (WORKING_DIRECTORY for the live
+    process, whose paths are absolute; a captured root's descriptor, beneath which paths
+    are relative).  Every question and its answer are kept in ``seen``, as (function,
+    arguments, answer), so that asking them again tells whether anything the answer
+    rests on has changed.  Each kind of probe answers the rest (env, in_a_job, machine,
+    affinity, interpreter, hostname) its own way.
+    """
+
+    __slots__ = ("directory", "live", "seen")
+
+    def __init__(self, directory: int) -> None:
+        self.directory = directory
+        self.live = directory == WORKING_DIRECTORY
+        self.seen: Seen = []
+
+    def remember(
+        self, function: "Callable[..., Any]", arguments: "tuple[Any, ...]", answer: object
+    ) -> None:
+        """Keep a question asked without ask() (see _cgroups._mount)."""
+        self.seen.append((function, arguments, answer))
+
+    def ask(self, function: "Callable[..., Any]", *arguments: object) -> "Any":
+        answer = function(*arguments)
+        self.seen.append((function, arguments, answer))
+        return answer
+
+    def beneath(self, path: str) -> str:
+        """An absolute path of the system as the cores take it under this probe's directory."""
+        return path if self.live else path.lstrip("/") or "."
+
+    def read(self, function: "Callable[..., Any]", path: str, *more: object) -> "Any":
+        """A core's reader (read_bounded, cpu_max, ...) on the file at path: its answer."""
+        return self.ask(function, self.directory, self.beneath(path), *more)
+
+    def read_named(self, path: str) -> str | int:
+        """The file a variable names (beneath a captured root too): its text, or why not."""
+        reason: int
+        text: str
+        reason, text = self.read(_impl.core.read_bounded, path, TABLE_FILE_BYTES)
+        return reason or text
+
+    @abstractmethod
+    def env(self, name: str) -> str | None:
+        """The environment variable name, None where it is not set."""
+
+    @abstractmethod
+    def in_a_job(self) -> bool:
+        """Whether any of JOB_VARIABLES is set (and not empty)."""
+
+    @abstractmethod
+    def machine(self) -> CpuLimit:
+        """The online CPUs."""
+
+    @abstractmethod
+    def affinity(self) -> CpuLimit:
+        """The CPUs the affinity mask allows."""
+
+    @abstractmethod
+    def interpreter(self) -> tuple[object, bool]:
+        """(-X cpu_count's value or None, whether the environment is ignored)."""
+
+    @abstractmethod
+    def hostname(self) -> str:
+        """This host's name, as the schedulers' lists name it."""
+
+
+class LiveProbe(Probe):
+    """This process, through the system calls and the interpreter's own settings."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(WORKING_DIRECTORY)
+
+    def env(self, name: str) -> str | None:
+        return self.ask(_getenv, name)  # type: ignore[no-any-return]
+
+    def in_a_job(self) -> bool:
+        return self.ask(_in_a_job_now)  # type: ignore[no-any-return]
+
+    def machine(self) -> CpuLimit:
+        online = self.ask(_online_now)
+        if online < 1:
+            return CpuLimit("machine", None, "sysconf(_SC_NPROCESSORS_ONLN) gave no count")
+        return CpuLimit("machine", online, "online CPUs, from sysconf(_SC_NPROCESSORS_ONLN)")
+
+    def affinity(self) -> CpuLimit:
+        if not hasattr(os, "sched_getaffinity"):
+            return CpuLimit("affinity", None, "no affinity mask on this platform")
+        allowed = self.ask(_affinity_now)
+        why = "this process's affinity mask, from sched_getaffinity"
+        return CpuLimit("affinity", allowed, why)
+
+    def interpreter(self) -> tuple[object, bool]:
+        return self.ask(_cpu_count_option_now), bool(sys.flags.ignore_environment)
+
+    def hostname(self) -> str:
+        return self.ask(_hostname_now)  # type: ignore[no-any-return]

@@ -13,14 +13,17 @@ oversized or unreadable is ignored, and the limit's detail says which and why: n
 here raises.
 """
 
-from __future__ import annotations
-
-from ._cpu_limits import NO_HTCONDOR, NO_LSF, NO_PBS, NO_SGE, NO_SLURM, CpuLimit, unreadable
+from ._cpu_limits import (
+    NO_HTCONDOR,
+    NO_LSF,
+    NO_PBS,
+    NO_SGE,
+    NO_SLURM,
+    CpuLimit,
+    Probe,
+    unreadable,
+)
 from ._cpu_limits import tasks_in_words as _tasks
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ._cpu import AnyProbe as _AnyProbe
 
 # A figure is 1 to 10 ASCII digits, checked before int() sees them, and at most a C int
 # (what the schedulers keep their counts in).  A number in a Slurm bracket, part of a
@@ -49,7 +52,7 @@ _NOT_DIGITS = _deleting(_DIGITS)
 _SPACES = str.maketrans("\t\r\v\f\x1c\x1d\x1e\x1f", " " * 8)
 
 
-def limits(probe: _AnyProbe) -> list[CpuLimit]:
+def limits(probe: Probe) -> list[CpuLimit]:
     """Each scheduler's limit on this process, in the order of an explanation."""
     return [_slurm(probe), _pbs(probe), _sge(probe), _lsf(probe), _htcondor(probe)]
 
@@ -350,7 +353,7 @@ class _Job:
 
     __slots__ = ("ignored", "probe", "source")
 
-    def __init__(self, probe: _AnyProbe, source: str) -> None:
+    def __init__(self, probe: Probe, source: str) -> None:
         self.probe = probe
         self.source = source
         self.ignored: list[str] = []
@@ -402,7 +405,7 @@ class _Job:
         return True, count
 
 
-def _slurm(probe: _AnyProbe) -> CpuLimit:
+def _slurm(probe: Probe) -> CpuLimit:
     env = probe.env
     job_id = env("SLURM_JOB_ID") or env("SLURM_JOBID")
     if not job_id:
@@ -481,7 +484,7 @@ def _slurm(probe: _AnyProbe) -> CpuLimit:
 # -- The other schedulers: their variables and the files they name ---------------------
 
 
-def _node_lines(probe: _AnyProbe, variable: str, short: str) -> tuple[int, int] | str:
+def _node_lines(probe: Probe, variable: str, short: str) -> tuple[int, int] | str:
     """(lines naming this host, lines naming another) by first word, in the node file a
     variable names, or why it cannot be read."""
     path = probe.env(variable)
@@ -529,7 +532,7 @@ def _ad_cpus(text: str) -> tuple[str, int | str] | None:
     return value, _figure(value)
 
 
-def _pbs(probe: _AnyProbe) -> CpuLimit:
+def _pbs(probe: Probe) -> CpuLimit:
     env = probe.env
     job_id = env("PBS_JOBID")
     if not job_id:
@@ -572,7 +575,7 @@ def _pbs(probe: _AnyProbe) -> CpuLimit:
     return job.limit(ncpus, f"NCPUS={ncpus} for a job on this host alone ({listed})")
 
 
-def _sge(probe: _AnyProbe) -> CpuLimit:
+def _sge(probe: Probe) -> CpuLimit:
     env = probe.env
     job_id = env("JOB_ID")
     if not job_id or not (env("SGE_ROOT") or env("SGE_CELL")):
@@ -605,7 +608,7 @@ def _sge(probe: _AnyProbe) -> CpuLimit:
     return job.limit(slots, why)
 
 
-def _lsf(probe: _AnyProbe) -> CpuLimit:
+def _lsf(probe: Probe) -> CpuLimit:
     env = probe.env
     if not env("LSB_JOBID"):
         return NO_LSF
@@ -639,7 +642,7 @@ def _lsf(probe: _AnyProbe) -> CpuLimit:
     return job.limit(slots, f"this host ({_shown(host)}) has {slots} slots in {source}{of}")
 
 
-def _htcondor(probe: _AnyProbe) -> CpuLimit:
+def _htcondor(probe: Probe) -> CpuLimit:
     path = probe.env("_CONDOR_MACHINE_AD")
     if not path:
         return NO_HTCONDOR
