@@ -195,35 +195,57 @@ def inspect_directory(directory: str, clean: bool) -> Inspection:
     holders = exclusive_flock_holders() or {}
     base = _impl.core.Directory(directory)
     try:
-        try:
-            listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=base.fd)
-        except OSError as error:  # opened to work in, but it may not be read
-            raise _retry.error(error.errno or errno.EIO, base.path) from None
-        try:
-            with os.scandir(listed) as listing:
-                mutexes, arenas = [], []
-                for entry in listing:
-                    if entry.name.startswith(MUTEX_PREFIX) and entry.is_file(follow_symlinks=False):
-                        mutexes.append(entry.name)
-                    elif entry.name.endswith(ARENA_MEMBERS_SUFFIX) and entry.is_dir(
-                        follow_symlinks=False
-                    ):
-                        arenas.append(entry.name)
-        finally:
-            os.close(listed)
-        found = Inspection(_absolute(directory))
-        where = found.directory
-        found.names = _names_in(base, where, "name", clean, holders)
-        for name in sorted(mutexes):
-            state = _impl.core.probe(base, name, False)
-            if state != ABSENT:
-                label = name[len(MUTEX_PREFIX) :]
-                found.mutexes.append(_lock_file(base, where, name, label, "mutex", state, holders))
-        for name in sorted(arenas):
-            found.arenas.extend(_arena_in(base, where, name, clean, holders))
+        return _inspect_open(base, _absolute(directory), clean, holders)
     finally:
         base.close()
+
+
+def _listing(directory: "Directory") -> list[tuple[str, bool, bool]]:
+    """Each entry of directory: its name, whether it is a regular file and whether a
+    directory (a link is neither), told while the listing is open."""
+    try:
+        listed = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=directory.fd)
+    except OSError as error:  # opened to work in, but it may not be read
+        raise _retry.error(error.errno or errno.EIO, directory.path) from None
+    try:
+        with os.scandir(listed) as listing:
+            return [
+                (
+                    entry.name,
+                    entry.is_file(follow_symlinks=False),
+                    entry.is_dir(follow_symlinks=False),
+                )
+                for entry in listing
+            ]
+    finally:
+        os.close(listed)
+
+
+def _inspect_open(
+    base: "Directory", where: str, clean: bool, holders: dict[tuple[int, int], int]
+) -> Inspection:
+    """Every mutex, arena and process name in the open directory base (shown as where)."""
+    entries = sorted(_listing(base))
+    found = Inspection(where)
+    found.names = _names_in(base, where, "name", clean, holders)
+    for name, is_file, _ in entries:
+        if is_file and name.startswith(MUTEX_PREFIX):
+            found.mutexes += _mutex_in(base, where, name, holders)
+    for name, _, is_dir in entries:
+        if is_dir and name.endswith(ARENA_MEMBERS_SUFFIX):
+            found.arenas += _arena_in(base, where, name, clean, holders)
     return found
+
+
+def _mutex_in(
+    base: "Directory", where: str, filename: str, holders: dict[tuple[int, int], int]
+) -> list[LockFile]:
+    """The mutex whose file is filename in base, probed ([] if there is none now)."""
+    state = _impl.core.probe(base, filename, False)
+    if state == ABSENT:
+        return []
+    label = filename[len(MUTEX_PREFIX) :]
+    return [_lock_file(base, where, filename, label, "mutex", state, holders)]
 
 
 def _arena_in(
