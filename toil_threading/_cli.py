@@ -29,7 +29,7 @@ from toil_threading._inspect import (
 )
 
 PROG = "toil-threading"
-# Longest command line shown in the table (--json gives it whole).
+# Longest command line shown in the table (--wide and --json give it whole).
 COMMAND_WIDTH = 60
 
 # Exit statuses, as the epilog and the README list them.
@@ -74,13 +74,13 @@ def _print_json(report: object) -> None:
     print(json.dumps(_jsonable(report), indent=2, allow_nan=False))
 
 
-def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
+def _lock_file_row(kind: str, name: str, found: LockFile, wide: bool) -> tuple[str, ...]:
     pid = "" if found.pid is None else str(found.pid)
     if found.pid is None and found.state in HELD_STATES:
         pid = "?"  # held by a process /proc/locks does not show: another host or PID namespace
-    # On one line, and cut short: a `python -c` program has newlines in it.
+    # On one line (a `python -c` program has newlines in it), and unless wide, cut short.
     command = " ".join(" ".join(found.command).split()) if found.command else ""
-    if len(command) > COMMAND_WIDTH:
+    if len(command) > COMMAND_WIDTH and not wide:
         command = command[: COMMAND_WIDTH - 3] + "..."
     state = found.state
     if found.not_removed:
@@ -88,20 +88,20 @@ def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
     return (kind, name, state, pid, command)
 
 
-def _print_inspection(found: Inspection) -> None:
+def _print_inspection(found: Inspection, wide: bool) -> None:
     if not (found.mutexes or found.arenas or found.names):
         _say(f"{found.directory}: no mutexes, arenas or process names")
         return
     rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATE", "PID", "COMMAND")]
-    rows += [_lock_file_row("mutex", mutex.name, mutex) for mutex in found.mutexes]
+    rows += [_lock_file_row("mutex", mutex.name, mutex, wide) for mutex in found.mutexes]
     for arena in found.arenas:
         counts = [f"{arena.count(state)} {state}" for state in MEMBER_STATES if arena.count(state)]
         rows.append(("arena", arena.name, arena.state or ", ".join(counts) or "empty", "", ""))
         rows += [
-            _lock_file_row("member", f"{arena.name}/{member.name}", member)
+            _lock_file_row("member", f"{arena.name}/{member.name}", member, wide)
             for member in arena.members
         ]
-    rows += [_lock_file_row("name", name.name, name) for name in found.names]
+    rows += [_lock_file_row("name", name.name, name, wide) for name in found.names]
     _print_table(rows)
 
 
@@ -129,7 +129,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_inspection_json(found))
     else:
-        _print_inspection(found)
+        _print_inspection(found, args.wide)
     return FOUND if found.held else OK
 
 
@@ -325,7 +325,14 @@ def _parser() -> argparse.ArgumentParser:
         " named as the package names them, never a mutex file or a file holding data; one it"
         " cannot remove is listed with the reason, and the others are still removed",
     )
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (commands whole)"
+    )
+    inspect.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"show whole command lines in the table (cut at {COMMAND_WIDTH} characters otherwise)",
+    )
     inspect.set_defaults(run=_run_inspect, parser=inspect)
 
     cpus = commands.add_parser(
