@@ -22,6 +22,7 @@ from ._protocol import (
     DENIED,
     MUTEX_PREFIX,
     REMOVED,
+    TABLE_FILE_BYTES,
 )
 
 TYPE_CHECKING = False
@@ -100,10 +101,12 @@ class Inspection:
 
 
 def command_line(pid: int) -> list[str] | None:
-    """The arguments process pid was started with; None if it is gone, hidden or a zombie."""
+    """The arguments process pid was started with, as far as their first TABLE_FILE_BYTES
+    go (anyone may start a process with a huge command line); None if it is gone, hidden
+    or a zombie."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            raw = cmdline.read()
+            raw = cmdline.read(TABLE_FILE_BYTES)
     except OSError:
         return None
     return [os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0")] if raw else None
