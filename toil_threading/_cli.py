@@ -26,11 +26,13 @@ from toil_threading._inspect import (
     MEMBER_STATES,
     Inspection,
     LockFile,
+    ToilPlace,
     inspect_directory,
+    inspect_toil,
 )
 
 PROG = "toil-threading"
-# Longest command line shown in the table (--json gives it whole).
+# Longest command line shown in the table (--wide and --json give it whole).
 COMMAND_WIDTH = 60
 
 # Exit statuses, as the epilog and the README list them.
@@ -46,15 +48,16 @@ def _say(line: str) -> None:
     print(escaped(line))
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    """Print rows as columns aligned on their widest cell (the last column is not padded)."""
+def _print_table(rows: list[tuple[str, ...]], indent: str = "") -> None:
+    """Print rows as columns aligned on their widest cell (the last column is not padded),
+    each line after indent."""
     rows = [tuple(map(escaped, row)) for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [
             row[-1]
         ]
-        print("  ".join(cells).rstrip())
+        print(indent + "  ".join(cells).rstrip())
 
 
 def _jsonable(value: object) -> object:
@@ -75,13 +78,13 @@ def _print_json(report: object) -> None:
     print(json.dumps(_jsonable(report), indent=2, allow_nan=False))
 
 
-def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
+def _lock_file_row(kind: str, name: str, found: LockFile, wide: bool) -> tuple[str, ...]:
     pid = "" if found.pid is None else str(found.pid)
     if found.pid is None and found.state in HELD_STATES:
         pid = "?"  # held by a process /proc/locks does not show: another host or PID namespace
-    # On one line, and cut short: a `python -c` program has newlines in it.
+    # On one line (a `python -c` program has newlines in it), and unless wide, cut short.
     command = " ".join(" ".join(found.command).split()) if found.command else ""
-    if len(command) > COMMAND_WIDTH:
+    if len(command) > COMMAND_WIDTH and not wide:
         command = command[: COMMAND_WIDTH - 3] + "..."
     state = found.state
     if found.not_removed:
@@ -89,21 +92,48 @@ def _lock_file_row(kind: str, name: str, found: LockFile) -> tuple[str, ...]:
     return (kind, name, state, pid, command)
 
 
-def _print_inspection(found: Inspection) -> None:
-    if not (found.mutexes or found.arenas or found.names):
-        _say(f"{found.directory}: no mutexes, arenas or process names")
-        return
-    rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATE", "PID", "COMMAND")]
-    rows += [_lock_file_row("mutex", mutex.name, mutex) for mutex in found.mutexes]
+_HEADER = ("KIND", "NAME", "STATE", "PID", "COMMAND")
+
+
+def _inspection_rows(found: Inspection, wide: bool) -> list[tuple[str, ...]]:
+    rows = [_lock_file_row("mutex", mutex.name, mutex, wide) for mutex in found.mutexes]
     for arena in found.arenas:
         counts = [f"{arena.count(state)} {state}" for state in MEMBER_STATES if arena.count(state)]
         rows.append(("arena", arena.name, arena.state or ", ".join(counts) or "empty", "", ""))
         rows += [
-            _lock_file_row("member", f"{arena.name}/{member.name}", member)
+            _lock_file_row("member", f"{arena.name}/{member.name}", member, wide)
             for member in arena.members
         ]
-    rows += [_lock_file_row("name", name.name, name) for name in found.names]
-    _print_table(rows)
+    rows += [_lock_file_row("name", name.name, name, wide) for name in found.names]
+    return rows
+
+
+def _print_inspection(found: Inspection, wide: bool) -> None:
+    rows = _inspection_rows(found, wide)
+    if not rows:
+        _say(f"{found.directory}: no mutexes, arenas or process names")
+        return
+    _print_table([_HEADER, *rows])
+
+
+def _print_toil(places: list[ToilPlace], wide: bool) -> None:
+    """Each place, then each of its workflows (indented) with a table of its files."""
+    nothing = "no mutexes, arenas, process names or deferred functions"
+    for place in places:
+        count = len(place.workflows)
+        workflows = f"{count} Toil workflow{'' if count == 1 else 's'}" if count else ""
+        _say(f"{place.path} ({place.source}): {place.state or workflows or 'no Toil workflow'}")
+        for workflow in place.workflows:
+            rows = _inspection_rows(workflow.coordination, wide)
+            rows += [
+                _lock_file_row("deferred", found.name, found, wide) for found in workflow.deferred
+            ]
+            if workflow.deferred_state:
+                rows.append(("deferred", "deferred", workflow.deferred_state, "", ""))
+            rows += _inspection_rows(workflow.cleanup, wide)
+            _say(f"  {workflow.name}: {workflow.state or ('' if rows else nothing)}".rstrip())
+            if rows:
+                _print_table([_HEADER, *rows], indent="    ")
 
 
 def _inspection_json(found: Inspection) -> dict[str, object]:
@@ -125,12 +155,49 @@ def _inspection_json(found: Inspection) -> dict[str, object]:
     }
 
 
+def _toil_json(places: list[ToilPlace]) -> dict[str, object]:
+    return {
+        "held": any(place.held for place in places),
+        "places": [
+            {
+                "path": place.path,
+                "source": place.source,
+                "state": place.state or None,
+                "workflows": [
+                    {
+                        "name": workflow.name,
+                        **_inspection_json(workflow.coordination),
+                        "held": workflow.held,
+                        "state": workflow.state or None,
+                        "deferred": [found.as_dict() for found in workflow.deferred],
+                        "deferred_state": workflow.deferred_state or None,
+                        "cleanup": _inspection_json(workflow.cleanup),
+                    }
+                    for workflow in place.workflows
+                ],
+            }
+            for place in places
+        ],
+    }
+
+
 def _run_inspect(args: argparse.Namespace) -> int:
+    if args.toil:
+        if args.clean:
+            args.parser.error("--clean does not go with --toil: Toil removes its own dead files")
+        places = inspect_toil(args.directory, os.environ)
+        if args.json:
+            _print_json(_toil_json(places))
+        else:
+            _print_toil(places, args.wide)
+        return FOUND if any(place.held for place in places) else OK
+    if args.directory is None:
+        args.parser.error("the following arguments are required: DIR")
     found = inspect_directory(args.directory, args.clean)
     if args.json:
         _print_json(_inspection_json(found))
     else:
-        _print_inspection(found)
+        _print_inspection(found, args.wide)
     return FOUND if found.held else OK
 
 
@@ -242,6 +309,7 @@ examples:
   toil-threading inspect /dev/shm/coordination
   toil-threading inspect --json /dev/shm/coordination | jq '.mutexes[].pid'
   toil-threading inspect --clean /dev/shm/coordination   # remove the dead's files
+  toil-threading inspect --toil --wide    # this node's Toil workflows, whole command lines
   # wait until nothing in the directory is held:
   while toil-threading inspect /dev/shm/coordination >/dev/null; [ $? = 1 ]; do sleep 5; done
   toil-threading cpus --explain
@@ -308,16 +376,32 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect",
-        help="list the mutexes, arenas and process names in DIR, and who holds them "
-        "(read-only unless --clean)",
+        help="list the mutexes, arenas and process names in DIR, or of this node's Toil"
+        " workflows, and who holds them (read-only unless --clean)",
         description="List every mutex file (held or free, with the holder's PID and command "
         "line when it runs on this host), every arena with its live and dead members, and "
         "every process name in DIR. Each file is probed with a non-blocking shared lock, let "
         "go at once, as the library itself does. Files this user may not open are shown as "
-        "unknown. Exit 1 if anything is held, 0 if not.",
+        "unknown. With --toil, find the Toil workflows of this node instead, wherever Toil "
+        "9.6 puts their coordination directories (TOIL_COORDINATION_DIR_OVERRIDE, "
+        "TOIL_COORDINATION_DIR, $XDG_RUNTIME_DIR/toil, /run/lock, the temporary directories, "
+        "TOIL_WORKDIR_OVERRIDE, WORKDIR, TOIL_WORKDIR: every one that exists), and list the "
+        "same of each, with its workers' deferred-function files and its cleanup arena; a "
+        "directory that cannot be read is reported, not an error. Exit 1 if anything is "
+        "held, 0 if not.",
     )
     inspect.add_argument(
-        "directory", metavar="DIR", type=_path, help="the coordination directory (base_dir)"
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        type=_path,
+        help="the coordination directory (base_dir); with --toil, optional: Toil's work"
+        " directory (its --workDir, or its --coordinationDir), looked in as well",
+    )
+    inspect.add_argument(
+        "--toil",
+        action="store_true",
+        help="look at the coordination directories of this node's Toil workflows",
     )
     inspect.add_argument(
         "--clean",
@@ -326,7 +410,14 @@ def _parser() -> argparse.ArgumentParser:
         " named as the package names them, never a mutex file or a file holding data; one it"
         " cannot remove is listed with the reason, and the others are still removed",
     )
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (commands whole)"
+    )
+    inspect.add_argument(
+        "--wide",
+        action="store_true",
+        help=f"show whole command lines in the table (cut at {COMMAND_WIDTH} characters otherwise)",
+    )
     inspect.set_defaults(run=_run_inspect, parser=inspect)
 
     cpus = commands.add_parser(
