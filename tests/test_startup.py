@@ -306,3 +306,58 @@ def test_bad_retry_settings_under_the_switch_are_reported_and_defaulted(
         assert done.stderr.splitlines() == errors
     # A process that never imports the package says nothing of it.
     assert start(python, core, "import json", **env).stderr == ""
+
+
+# doctor in Toil's interpreter: whether toil.lib.threading would be the package's, found
+# without importing Toil.
+
+# doctor's report, then on stderr the toil modules imported by the end.
+DOCTOR = """
+import sys
+from toil_threading._cli import main
+status = main(["doctor", "--json"])
+sys.stderr.write(repr(sorted(name for name in sys.modules if name.split(".")[0] == "toil")))
+raise SystemExit(status)
+"""
+
+
+def doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any], str]:
+    """(exit status, report, the toil modules imported) of doctor in a fresh python."""
+    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
+    done = subprocess.run(
+        [python, "-I", "-c", DOCTOR],
+        cwd="/",
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr.splitlines()[-1]
+
+
+def test_doctor_says_toil_would_be_served_without_importing_it(core: str, venvs: Venvs) -> None:
+    python = venvs.python("intact")
+    toils_module = venvs.toil_site / "toil" / "lib" / "threading.py"
+    status, report, imported = doctor(python, core, **{SWITCH: "1"})
+    assert (status, report["problems"], imported) == (0, [], "[]")
+    assert report["core"]["in_use"] == core
+    toil = report["toil"]
+    assert (toil["installed"], toil["served"]) == (True, True)
+    # Toil is linked into the venv: its module as the venv sees it.
+    assert Path(toil["module"]).resolve() == toils_module.resolve()
+    assert toil["module"].startswith(str(Path(python).parent.parent))
+    assert toil["reason"].endswith(f"{toil_threading.__version__} as Toil imports it")
+    status, report, imported = doctor(python, core)
+    assert (status, report["toil"]["served"], imported) == (0, False, "[]")
+    assert report["toil"]["reason"].endswith("stays Toil's own: the switch is off")
+
+
+def test_doctor_says_when_the_package_would_fail_toil(core: str, venvs: Venvs) -> None:
+    status, report, _ = doctor(
+        venvs.python("a module of the package missing"), core, **{SWITCH: "1"}
+    )
+    toil = report["toil"]
+    assert (status, toil["served"], report["problems"]) == (1, False, [toil["problem"]])
+    assert "toil_threading._arena" in toil["problem"]
