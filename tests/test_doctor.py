@@ -429,6 +429,27 @@ def test_the_hook_missing_with_the_switch_off_is_exit_0(
     assert (status, report["problems"], report["switch"]["installed"]) == (0, [], False)
 
 
+def test_the_switch_where_no_pth_is_read_is_exit_1(core: str) -> None:
+    # python -S reads no site directory: the package only through PYTHONPATH.
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "toil_threading", "doctor", "--json"],
+        cwd="/",
+        env=core_environment(
+            core, {SWITCH: "1", "PYTHONPATH": str(Path(toil_threading.__file__).parent.parent)}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(done.stdout)
+    switch = report["switch"]
+    assert (done.returncode, switch["started"], switch["on"]) == (1, False, False)
+    assert report["problems"] == [
+        f"{SWITCH} is set, but this interpreter runs with -S: no .pth file is read"
+    ]
+    assert_the_core(report, core)
+
+
 # Exit 2: errors.
 
 
