@@ -426,7 +426,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_path,
         help="a coordination directory to look at as well",
     )
-    doctor.add_argument("--json", action="store_true", help="print JSON (keys: see the docs)")
+    doctor.add_argument(
+        "--json", action="store_true", help="print one JSON object (keys: toil_threading._doctor)"
+    )
     doctor.set_defaults(run=_run_doctor, parser=doctor)
     return parser
 
