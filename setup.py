@@ -47,14 +47,26 @@ class BuildExtOrFallBack(build_ext):
 class BuildPyWithStartup(build_py):
     """Also put the Toil switch at the top of site-packages: a .pth file (read by every
     interpreter at start) and the small module it imports when TOIL_THREADING_FOR_TOIL=1.
-    Package data cannot go there, so they are copied beside the package."""
+    Package data cannot go there, so they are copied beside the package.
+
+    An editable install (PEP 660) runs this with editable_mode set and keeps nothing of
+    build_lib: setuptools' editable_wheel builds the wheel from what it writes to the
+    install command's install_lib, the unpacked wheel's root, where the scripts and data
+    files go too (setuptools/command/editable_wheel.py: _configure_build, then
+    _create_wheel_file's write_files).  The two files go there, as copies, so a change to
+    them takes a reinstall.
+    """
 
     STARTUP = ("toil_threading_for_toil.py", "toil_threading_for_toil.pth")
 
     def run(self) -> None:
         super().run()
+        if self.editable_mode:
+            target = self.get_finalized_command("install").install_lib
+        else:
+            target = self.build_lib
         for name in self.STARTUP:
-            self.copy_file(os.path.join("toil_threading", "_startup", name), self.build_lib)
+            self.copy_file(os.path.join("toil_threading", "_startup", name), target)
 
 
 def extensions() -> list[Extension]:

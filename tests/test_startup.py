@@ -4,12 +4,14 @@ Every test runs real interpreters of venvs made here: Toil and its dependencies 
 from the Toil interpreter's site-packages (TOIL_THREADING_TOIL_PYTHON), this package and
 its start-up files copied from this interpreter's, so that a case can break its own copy.
 Each venv reaches its site-packages twice, through lib and through lib64 -> lib, as site
-does on distributions where sys.platlibdir is lib64: every .pth there runs twice.
+does on distributions where sys.platlibdir is lib64: every .pth there runs twice.  One
+more venv gets a copy of the checkout installed editable, by pip, as developers install it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -306,3 +308,154 @@ def test_bad_retry_settings_under_the_switch_are_reported_and_defaulted(
         assert done.stderr.splitlines() == errors
     # A process that never imports the package says nothing of it.
     assert start(python, core, "import json", **env).stderr == ""
+
+
+# doctor in Toil's interpreter: whether toil.lib.threading would be the package's, found
+# without importing Toil.
+
+# doctor's report, then on stderr the toil modules imported by the end.
+DOCTOR = """
+import sys
+from toil_threading._cli import main
+status = main(["doctor", "--json"])
+sys.stderr.write(repr(sorted(name for name in sys.modules if name.split(".")[0] == "toil")))
+raise SystemExit(status)
+"""
+
+
+def doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any], str]:
+    """(exit status, report, the toil modules imported) of doctor in a fresh python."""
+    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
+    done = subprocess.run(
+        [python, "-I", "-c", DOCTOR],
+        cwd="/",
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr.splitlines()[-1]
+
+
+def test_doctor_says_toil_would_be_served_without_importing_it(core: str, venvs: Venvs) -> None:
+    python = venvs.python("intact")
+    toils_module = venvs.toil_site / "toil" / "lib" / "threading.py"
+    status, report, imported = doctor(python, core, **{SWITCH: "1"})
+    assert (status, report["problems"], imported) == (0, [], "[]")
+    assert report["core"]["in_use"] == core
+    toil = report["toil"]
+    assert (toil["installed"], toil["served"]) == (True, True)
+    # Toil is linked into the venv: its module as the venv sees it.
+    assert Path(toil["module"]).resolve() == toils_module.resolve()
+    assert toil["module"].startswith(str(Path(python).parent.parent))
+    assert toil["reason"].endswith(f"{toil_threading.__version__} as Toil imports it")
+    status, report, imported = doctor(python, core)
+    assert (status, report["toil"]["served"], imported) == (0, False, "[]")
+    assert report["toil"]["reason"].endswith("stays Toil's own: the switch is off")
+
+
+def test_doctor_says_when_the_package_would_fail_toil(core: str, venvs: Venvs) -> None:
+    status, report, _ = doctor(
+        venvs.python("a module of the package missing"), core, **{SWITCH: "1"}
+    )
+    toil = report["toil"]
+    assert (status, toil["served"], report["problems"]) == (1, False, [toil["problem"]])
+    assert "toil_threading._arena" in toil["problem"]
+
+
+# An editable install (pip install -e) gets the start-up hook too.
+
+# What an install of the checkout needs, copied (the package without anything built in it).
+CHECKOUT_FILES = ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in")
+BUILT = shutil.ignore_patterns("__pycache__", "*.so", "*.c")
+
+
+@pytest.fixture(scope="module")
+def editable(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """A fresh venv with a copy of the checkout installed by `pip install -e`: its python,
+    its site-packages, the copy."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "setup.py").is_file():
+        skip_or_fail(f"no checkout at {checkout} to install editable")
+    where = tmp_path_factory.mktemp("editable")
+    copy = where / "checkout"
+    for folder in ("toil_threading", "csrc"):
+        shutil.copytree(checkout / folder, copy / folder, ignore=BUILT)
+    for name in CHECKOUT_FILES:
+        shutil.copy(checkout / name, copy / name)
+    output([sys.executable, "-m", "venv", str(where / "venv")])
+    python = str(where / "venv" / "bin" / "python")
+    # The build requirements come from the package index (pip's build isolation).
+    done = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", str(copy)],
+        cwd=where,
+        env={k: v for k, v in os.environ.items() if k != "TOIL_THREADING_NO_EXTENSIONS"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    unreachable = ("No matching distribution found", "Failed to establish a new connection")
+    if done.returncode != 0 and any(words in done.stderr for words in unreachable):
+        skip_or_fail(f"pip could not fetch the build requirements: {done.stderr[-2000:]}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    site = Path(
+        output([python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    )
+    return python, site, copy
+
+
+def editable_doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any]]:
+    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
+    done = subprocess.run(
+        [python, "-I", "-m", "toil_threading", "doctor", "--json"],
+        cwd="/",
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    assert done.stderr == ""
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_an_editable_install_has_the_switch(core: str, editable: tuple[str, Path, Path]) -> None:
+    python, site, copy = editable
+    # Editable: the package is the copy itself, its compiled core built in place.
+    package = output([python, "-I", "-c", "import toil_threading; print(toil_threading.__file__)"])
+    assert package == str(copy / "toil_threading" / "__init__.py")
+    assert list((copy / "toil_threading").glob("_core_c.*.so")), "no compiled core built in place"
+    # The start-up files are in site-packages, installed (so removed) with the package.
+    [record] = site.glob("toil_threading-*.dist-info/RECORD")
+    recorded = {line.split(",")[0] for line in record.read_text().splitlines()}
+    assert set(START_UP_FILES) <= recorded, recorded
+    status, report = editable_doctor(python, core, **{SWITCH: "1"})
+    assert (status, report["problems"]) == (0, [])
+    switch = report["switch"]
+    assert (switch["installed"], switch["started"], switch["on"]) == (True, True, True)
+    assert (switch["pth"], switch["module"]) == (
+        str(site / START_UP_FILES[1]),
+        str(site / START_UP_FILES[0]),
+    )
+    assert report["core"]["in_use"] == core
+
+
+def test_an_editable_install_without_the_pth_is_not_installed(
+    core: str, editable: tuple[str, Path, Path]
+) -> None:
+    python, site, _ = editable
+    pth = site / START_UP_FILES[1]
+    pth.rename(site / "hidden")
+    try:
+        status, report = editable_doctor(python, core, **{SWITCH: "1"})
+    finally:
+        (site / "hidden").rename(pth)
+    switch = report["switch"]
+    assert (status, switch["installed"], switch["pth"], switch["on"]) == (1, False, None, False)
+    assert report["problems"] == [switch["problem"]]
+    assert switch["problem"].startswith(
+        f"{SWITCH} is set, but no toil_threading_for_toil.pth is in a site directory"
+    )

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import linux_only, skip_or_fail
+from conftest import core_environment, linux_only, skip_or_fail
+
+import toil_threading
 
 pytestmark = linux_only
 
@@ -156,9 +158,11 @@ def root(job, evidence, children):
 if __name__ == "__main__":
     parser = Job.Runner.getDefaultArgumentParser()
     parser.add_argument("--evidence")
+    parser.add_argument("--children", type=int)
     options = parser.parse_args()
     with Toil(options) as toil:
-        toil.start(Job.wrapJobFn(root, options.evidence, 5, memory="50M", disk="10M"))
+        root_job = Job.wrapJobFn(root, options.evidence, options.children, memory="50M", disk="10M")
+        toil.start(root_job)
 """
 
 
@@ -167,39 +171,47 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-def test_a_real_workflow_runs_every_process_on_the_package(
-    toil_and_package: str, workdir: Path
-) -> None:
+def run_workflow(
+    python: str, workdir: Path, log_level: str, children: int, environment: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, object]]]:
+    """Run WORKFLOW with python at log_level, its leader logging to workdir/leader.log as
+    well, in environment: the leader's run, and what each child found."""
     script = workdir / "workflow.py"
     script.write_text(WORKFLOW)
     evidence = workdir / "evidence"
     evidence.mkdir()
-    bin_dir = str(Path(toil_and_package).parent)  # where _toil_worker is
+    bin_dir = str(Path(python).parent)  # where _toil_worker is
     done = subprocess.run(
         [
-            toil_and_package,
+            python,
             str(script),
             f"file:{workdir / 'jobstore'}",
             f"--evidence={evidence}",
+            f"--children={children}",
             "--batchSystem=single_machine",
             "--caching=true",
-            "--logLevel=DEBUG",
+            f"--logLevel={log_level}",
+            f"--logFile={workdir / 'leader.log'}",
             "--clean=always",
             f"--workDir={workdir}",
         ],
         cwd=workdir,
-        env={
-            **os.environ,
-            "TOIL_THREADING_FOR_TOIL": "1",
-            "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        },
+        env={**environment, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-5000:]
     reports = [json.loads(path.read_text()) for path in evidence.glob("*.json")]
-    assert len(reports) == 5, sorted(os.listdir(evidence))
+    assert len(reports) == children, sorted(os.listdir(evidence))
+    return done, reports
+
+
+def test_a_real_workflow_runs_every_process_on_the_package(
+    toil_and_package: str, workdir: Path
+) -> None:
+    environment = {**os.environ, "TOIL_THREADING_FOR_TOIL": "1"}
+    done, reports = run_workflow(toil_and_package, workdir, "DEBUG", 5, environment)
     assert {report["argv0"] for report in reports} == {"_toil_worker"}
     # The names Toil's module and its file store hold are the package's own objects.
     assert {report["global_mutex"] for report in reports} == {True}
@@ -213,6 +225,109 @@ def test_a_real_workflow_runs_every_process_on_the_package(
         if "[toil.lib.threading]" in line and " is on " in line and "flock" in line
     ]
     assert ours, done.stderr[-5000:]
+
+
+# Where the switch takes over, one line at INFO says so in Toil's own log, once.
+
+CORE_WORDS = {"compiled": "compiled", "pure": "pure-Python"}
+
+
+def served(core: str) -> str:
+    """The line's message on core."""
+    version = toil_threading.__version__
+    return f"toil.lib.threading: served by toil-threading {version} ({CORE_WORDS[core]} core)"
+
+
+def lines_saying_served(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "served by toil-threading" in line]
+
+
+def test_a_workflow_at_info_says_once_in_the_leaders_log_that_the_package_serves_toil(
+    core: str, toil_and_package: str, workdir: Path
+) -> None:
+    environment = core_environment(core, {"TOIL_THREADING_FOR_TOIL": "1"})
+    done, reports = run_workflow(toil_and_package, workdir, "INFO", 2, environment)
+    assert {report["global_mutex"] for report in reports} == {True}
+    # Toil's format on stderr, its log file's (the message alone) in --logFile.
+    [line] = lines_saying_served(done.stderr)
+    assert line.endswith(f" [I] [toil.lib.threading] {served(core)}"), line
+    assert lines_saying_served((workdir / "leader.log").read_text()) == [served(core)]
+
+
+def test_a_workflow_without_the_switch_says_nothing_of_the_package(
+    toil_and_package: str, workdir: Path
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "TOIL_THREADING_FOR_TOIL"}
+    done, reports = run_workflow(toil_and_package, workdir, "INFO", 1, environment)
+    assert {report["global_mutex"] for report in reports} == {False}
+    assert "[I] [toil.common]" in done.stderr  # Toil's log at INFO, without the line
+    assert lines_saying_served(done.stderr) == []
+    assert lines_saying_served((workdir / "leader.log").read_text()) == []
+
+
+# Toil's way: logging set up after Toil's module is imported.  The line waits for it.
+AS_TOIL_DOES = """
+import importlib, logging
+import toil.lib.threading as t
+logging.getLogger("toil.leader").warning("before the log is set up")
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+logging.getLogger("toil.leader").info("first")
+importlib.reload(t)
+import toil_threading
+toil_threading.install_into_toil()
+logging.getLogger("toil.leader").info("second")
+"""
+# Logging set up first: the line comes as the module is imported.
+SET_UP_FIRST = """
+import logging
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+import toil.lib.threading
+logging.getLogger("toil.leader").info("first")
+"""
+# Toil's log at WARNING: INFO is never shown, and the line never said.
+AT_WARNING = """
+import logging
+import toil.lib.threading
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+logging.getLogger("toil.leader").info("first")
+logging.getLogger("toil.leader").warning("second")
+"""
+# install_into_toil() without the switch takes over as well.
+BY_HAND = """
+import logging, toil_threading
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+toil_threading.install_into_toil()
+import toil.lib.threading
+logging.getLogger("toil.leader").info("first")
+"""
+
+
+@pytest.mark.parametrize(
+    "code,switch,said",
+    [
+        (
+            AS_TOIL_DOES,
+            True,
+            [
+                "before the log is set up",
+                "SERVED",
+                "INFO toil.leader first",
+                "INFO toil.leader second",
+            ],
+        ),
+        (SET_UP_FIRST, True, ["SERVED", "INFO toil.leader first"]),
+        (AT_WARNING, True, ["WARNING toil.leader second"]),
+        (BY_HAND, False, ["SERVED", "INFO toil.leader first"]),
+    ],
+    ids=["as Toil does", "set up first", "at WARNING", "by hand"],
+)
+def test_the_served_line_is_said_once_when_toils_log_shows_info(
+    core: str, toil_and_package: str, code: str, switch: bool, said: list[str]
+) -> None:
+    pure = {"TOIL_THREADING_NO_EXTENSIONS": "1"} if core == "pure" else {}
+    done = run(toil_and_package, code, switch=switch, **pure)
+    line = f"INFO toil.lib.threading {served(core)}"
+    assert done.stderr.splitlines() == [line if text == "SERVED" else text for text in said]
 
 
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")

@@ -299,6 +299,17 @@ def _run_verify(args: argparse.Namespace) -> int:
     return {True: OK, False: FOUND, None: NOT_JUDGED}[found["safe"]]
 
 
+def _run_doctor(args: argparse.Namespace) -> int:
+    from toil_threading import _doctor
+
+    report = _doctor.diagnose(args.directory)
+    if args.json:
+        _print_json(report)
+    else:
+        _print_table(_doctor.rows(report))
+    return FOUND if report["problems"] else OK
+
+
 _DESCRIPTION = """\
 Look at what toil_threading keeps on disk (mutexes, arenas, process names, and who
 holds them), and at what it decides about this machine (CPUs, filesystems).
@@ -316,11 +327,13 @@ examples:
   toil-threading fs /dev/shm
   toil-threading verify /scratch/shared --hold 60    # on one node, then on another:
   toil-threading verify /scratch/shared
+  TOIL_THREADING_FOR_TOIL=1 toil-threading doctor /scratch/shared
 
 exit status:
   0    inspect: nothing held; cpus: answered; fs: the package locks there; verify: safe
-       (verify --hold: held to the end)
-  1    inspect: something held; fs: the package refuses to lock there; verify: unsafe
+       (verify --hold: held to the end); doctor: everything asked for is in force
+  1    inspect: something held; fs: the package refuses to lock there; verify: unsafe;
+       doctor: something asked for is not in force (each is a "problem" line)
   2    an error or a usage error (one line on stderr, under --json too); verify: no live
        holder, or something verify did not write at its scratch file's name (left alone)
   3    verify: every lock held, but the holder is on this machine: nothing was checked
@@ -484,6 +497,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(run=_run_verify, parser=verify)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="say whether what this interpreter was asked for is in force: the core, the"
+        " Toil switch, the retry policy, and what the package does in DIR",
+        description="Say, for this interpreter: the core in use and why; whether the Toil"
+        " switch is requested (TOIL_THREADING_FOR_TOIL), recognised, installed (its .pth in"
+        " a site directory read here, editable installs included) and started, and whether"
+        " toil.lib.threading would be this package's (Toil is found, not imported); the"
+        " retry policy and where each figure came from; and, given DIR, its filesystem, the"
+        " strategy there and whether its locks exclude across machines. Exit 0 when"
+        " everything asked for is in force, 1 when something is not (each is a problem"
+        " line), 2 on errors.",
+    )
+    doctor.add_argument(
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        type=_path,
+        help="a coordination directory to look at as well",
+    )
+    doctor.add_argument(
+        "--json", action="store_true", help="print one JSON object (keys: toil_threading._doctor)"
+    )
+    doctor.set_defaults(run=_run_doctor, parser=doctor)
     return parser
 
 

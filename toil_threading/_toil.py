@@ -6,13 +6,16 @@ If toil.lib.threading is already imported, that happens at once, and the copies 
 modules took with `from toil.lib.threading import X` are replaced too; otherwise a finder
 first on sys.meta_path does it as Toil's module is imported, before anyone can take a
 copy.  The package's log records then go to the logger `toil.lib.threading`, which Toil's
-logging configuration shows (it silences loggers outside `toil`).
+logging configuration shows (it silences loggers outside `toil`), and one line at INFO
+says, once per process, that the package serves Toil's module.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
+import threading
 
 from . import _errors
 
@@ -63,7 +66,62 @@ def _patch(module: ModuleType, ours: dict[str, object]) -> dict[str, tuple[objec
         "(compiled core)" if toil_threading.ACCELERATED else "(pure-Python core)",
         ", ".join(toils_own) or "nothing",
     )
+    _announce()
     return replaced
+
+
+# Set once this process has said, or waits to say, that the package serves Toil's module.
+_announced = False
+_announcing = threading.Lock()
+
+
+def _announce() -> None:
+    """Say once per process, at INFO in Toil's log, which package serves Toil's module.
+
+    Toil sets its logging up after importing the module (a leader as its workflow starts,
+    a worker in its main), so a line that would not be shown yet waits: the record factory
+    is watched until the first record made while INFO would be shown, and the line comes
+    just before it.  (A handler waiting on the `toil` logger would be counted as one, and
+    would silence Python's last-resort output of Toil's warnings before that.)"""
+    global _announced
+    with _announcing:
+        if _announced:
+            return
+        _announced = True
+    if _would_show():
+        _say_served()
+        return
+    previous = logging.getLogRecordFactory()
+    waiting = True
+
+    def watching(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        nonlocal waiting
+        if waiting and _would_show():
+            with _announcing:
+                now, waiting = waiting, False
+            if now:
+                if logging.getLogRecordFactory() is watching:  # else another wraps it
+                    logging.setLogRecordFactory(previous)
+                _say_served()
+        return previous(*args, **kwargs)
+
+    logging.setLogRecordFactory(watching)
+
+
+def _would_show() -> bool:
+    return logging.getLogger(TOIL_MODULE).isEnabledFor(logging.INFO)
+
+
+def _say_served() -> None:
+    import toil_threading
+
+    _retry.log(
+        20,
+        "%s: served by toil-threading %s (%s core)",
+        TOIL_MODULE,
+        toil_threading.__version__,
+        "compiled" if toil_threading.ACCELERATED else "pure-Python",
+    )
 
 
 class _PatchingLoader:
