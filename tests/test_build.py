@@ -59,17 +59,19 @@ def sources(tmp_path: Path) -> Path:
     return copy
 
 
+def environment_with(**settings: str) -> dict[str, str]:
+    """This process's environment less what would steer a build or the core chosen at
+    import (whatever the suite runs under), with settings."""
+    steering = ("CC", "CIBUILDWHEEL", "PYTHONPATH", "TOIL_THREADING_NO_EXTENSIONS")
+    environment = {key: value for key, value in os.environ.items() if key not in steering}
+    return {**environment, **settings}
+
+
 def build_wheel(
     sources: Path, tools: list[Path], env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
     """pip wheel on sources with the given tool folders; what it printed, the wheels made."""
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("CC", "CIBUILDWHEEL", "PYTHONPATH", "TOIL_THREADING_NO_EXTENSIONS")
-    }
-    environment["PYTHONPATH"] = os.pathsep.join(map(str, tools))
-    environment.update(env or {})
+    environment = environment_with(PYTHONPATH=os.pathsep.join(map(str, tools)), **(env or {}))
     wheels = sources.parent / "wheels"
     wheel = ["wheel", "--verbose", "--no-deps", "--no-cache-dir", "--no-build-isolation"]
     done = subprocess.run(
@@ -95,7 +97,7 @@ def assert_installs_the_pure_core(wheel: Path, target: Path) -> None:
     imported = subprocess.run(
         [sys.executable, "-c", "import toil_threading as t; print(t.ACCELERATED, t.cpu_count())"],
         cwd=target.parent,
-        env={**os.environ, "PYTHONPATH": str(target)},
+        env=environment_with(PYTHONPATH=str(target)),
         capture_output=True,
         text=True,
         timeout=60,

@@ -126,3 +126,29 @@ def test_no_path_of_the_machine_it_was_written_on(path: Path) -> None:
     text = path.read_text()
     assert str(SOURCES) not in text
     assert not re.findall(r"/[\w./-]*/\.venv/", text)  # an interpreter found in a checkout
+
+
+def test_the_changelog_starts_at_the_version_being_made() -> None:
+    versions = re.findall(r"^## (\S+) ", (SOURCES / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert versions[0] == toil_threading.__version__
+
+
+def test_the_classifiers_name_what_the_wheels_are_built_for() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on
+    with open(SOURCES / "pyproject.toml", "rb") as pyproject:
+        settings = tomllib.load(pyproject)
+    classifiers = settings["project"]["classifiers"]
+    named = {c.rsplit(" :: ", 1)[1] for c in classifiers if re.search(r":: 3\.\d+$", c)}
+    built = {f"3.{pattern[3:-2]}" for pattern in settings["tool"]["cibuildwheel"]["build"]}
+    assert named == built
+    assert settings["project"]["requires-python"] == f">={min(built, key=lambda v: int(v[2:]))}"
+    workflow = SOURCES / "wheels.yml"
+    if not workflow.exists():
+        pytest.skip("not a checkout (an sdist carries no workflow)")
+    runners = workflow.read_text()
+    systems = {
+        "Operating System :: POSIX :: Linux": "ubuntu-",
+        "Operating System :: MacOS": "macos-",
+    }
+    for classifier, runner in systems.items():
+        assert (classifier in classifiers) == (runner in runners), classifier
