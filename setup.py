@@ -1,11 +1,15 @@
 """Build the compiled core, or degrade loudly to the pure-Python twin.
 
 TOIL_THREADING_NO_EXTENSIONS (any non-empty value) skips the extension; the package
-reads the same variable at import.  A failed compile warns and installs the pure twin,
-except under cibuildwheel (CIBUILDWHEEL=1), where a wheel without its core is a bug.
+reads the same variable at import.  Without Cython or without a C compiler the build
+says which is missing and installs the pure twin, except under cibuildwheel
+(CIBUILDWHEEL=1), where a wheel without its core is a bug.  Anything else that fails
+(an error in the core's Cython or C sources, missing Python headers) fails the build:
+it is a fault to see and fix, not a reason to ship the slower core.
 """
 
 import os
+import shutil
 import sys
 
 from setuptools import Extension, setup
@@ -16,32 +20,36 @@ PURE = bool(os.environ.get("TOIL_THREADING_NO_EXTENSIONS"))
 STRICT = os.environ.get("CIBUILDWHEEL") == "1"
 
 
-def fall_back_to_pure(error: BaseException) -> None:
-    """Warn that the compiled core is missing, or fail where it must not be."""
+def fall_back_to_pure(reason: str) -> None:
+    """Warn that the compiled core is not built and why, or fail where it must be."""
     if STRICT:
-        raise error
+        sys.exit(f"error: the compiled core of toil-threading cannot be built: {reason}")
     bar = "*" * 78
     sys.stderr.write(
         f"\n{bar}\n"
-        f"WARNING: the compiled core of toil-threading could not be built:\n  {error}\n"
+        f"WARNING: the compiled core of toil-threading is not built: {reason}.\n"
         "Installing the pure-Python core instead: it works, but it is slower.\n"
         "Install a C compiler and the Python headers, then reinstall, for speed.\n"
         f"{bar}\n\n"
     )
 
 
-class BuildExtOrFallBack(build_ext):
-    def run(self) -> None:
-        try:
-            super().run()
-        except Exception as error:
-            fall_back_to_pure(error)
+def missing_compiler(compiler: object) -> str | None:
+    """Why the C compiler cannot be run (its program is not found), or None."""
+    # compiler_so is the command line that compiles (CC and its flags where CC is set).
+    command = getattr(compiler, "compiler_so", None)
+    if command and shutil.which(command[0]) is None:
+        return f"no C compiler: {command[0]!r} is not found (CC names the compiler)"
+    return None
 
-    def build_extension(self, ext: Extension) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as error:
-            fall_back_to_pure(error)
+
+class BuildExtOrFallBack(build_ext):
+    def build_extensions(self) -> None:
+        reason = missing_compiler(self.compiler)
+        if reason:
+            fall_back_to_pure(reason)
+        else:
+            super().build_extensions()
 
 
 class BuildPyWithStartup(build_py):
@@ -74,14 +82,15 @@ def extensions() -> list[Extension]:
         return []
     try:
         from Cython.Build import cythonize
-
-        return cythonize(
-            [Extension("toil_threading._core_c", ["csrc/_core_c.pyx"], include_dirs=["csrc"])],
-            compiler_directives={"language_level": "3"},
-        )
-    except Exception as error:
-        fall_back_to_pure(error)
+    except ModuleNotFoundError as error:
+        if error.name != "Cython":
+            raise  # Cython is there but broken: that is to be fixed, not worked around
+        fall_back_to_pure("Cython is not installed")
         return []
+    return cythonize(
+        [Extension("toil_threading._core_c", ["csrc/_core_c.pyx"], include_dirs=["csrc"])],
+        compiler_directives={"language_level": "3"},
+    )
 
 
 setup(
