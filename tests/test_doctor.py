@@ -26,7 +26,7 @@ from conftest import core_environment, linux_only, run_cli
 import toil_threading
 from toil_threading import _cli, _doctor
 from toil_threading._escaping import escaped
-from toil_threading._filesystems import FilesystemReport
+from toil_threading._filesystems import FilesystemReport, across_machines
 
 pytestmark = linux_only
 
@@ -272,7 +272,7 @@ def test_whether_locks_cross_machines_follows_the_strategy(
     core: str, verdicts: tuple[str, str], across: str
 ) -> None:
     report = FilesystemReport("/x", None, None, ("fs", *verdicts, "because"))
-    assert _doctor._across_machines(report) == across
+    assert across_machines(report) == across
 
 
 # A copy of the package put first on sys.path, to break its compiled core.

@@ -260,7 +260,7 @@ def test_a_retry_setting_is_a_number_in_range_or_a_named_error(
     def check(text: str) -> None:
         monkeypatch.setenv(variable, text)
         try:
-            value, seconds = timed(lambda: _retry._setting(variable, whole, 1000))
+            value, seconds = timed(lambda: _retry.setting(variable, whole, 1000))
         except ValueError as error:
             assert str(error).startswith(variable)
             return

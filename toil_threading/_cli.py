@@ -9,8 +9,6 @@ line of a table goes through escaped(), every report through _print_json(), and 
 error through main's one path (a line on stderr, exit status 2).
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import math

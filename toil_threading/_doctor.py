@@ -43,22 +43,18 @@ chosen with TOIL_THREADING_NO_EXTENSIONS, on CPython); the package's objects fai
 load under the switch; a retry setting not in force; a directory the package refuses.
 """
 
-from __future__ import annotations
-
 import importlib
 import importlib.util
 import os
 import sys
+from types import ModuleType
+from typing import Any
 
 import toil_threading
 
 from . import _filesystems, _impl
-from ._protocol import CLUSTER, DEFAULT_RETRY_POLICY, LOCAL, UNKNOWN
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from types import ModuleType
-    from typing import Any
+from ._protocol import DEFAULT_RETRY_POLICY, RETRY_SETTINGS
+from ._retry import setting
 
 SWITCH = "TOIL_THREADING_FOR_TOIL"
 NO_EXTENSIONS = "TOIL_THREADING_NO_EXTENSIONS"
@@ -233,12 +229,12 @@ def _retry_policy() -> dict[str, dict[str, Any]]:
     found = {}
     policy = toil_threading.lock_retry_policy()
     for name, value, default, (variable, whole, largest) in zip(
-        RETRY_FIELDS, policy, DEFAULT_RETRY_POLICY, toil_threading._RETRY_SETTINGS, strict=True
+        RETRY_FIELDS, policy, DEFAULT_RETRY_POLICY, RETRY_SETTINGS, strict=True
     ):
         source = "default" if value == default else "set in this process"
         problem = None
         try:
-            given = toil_threading._setting(variable, whole, largest)
+            given = setting(variable, whole, largest)
         except ValueError as refused:  # only under the switch, which uses the default then
             problem = f"{refused}, so {value:g} is used"
         else:
@@ -250,38 +246,18 @@ def _retry_policy() -> dict[str, dict[str, Any]]:
     return found
 
 
-def _across_machines(report: _filesystems.FilesystemReport) -> str:
-    """Whether the locks the package takes under report's path exclude across machines:
-    the best verdict among the kinds of lock its strategy takes."""
-    if report.strategy == _filesystems.REFUSE:
-        return "refused"
-    taken = {report.flock}
-    if report.strategy == _filesystems.FLOCK_AND_RECORD:
-        taken.add(report.posix)
-    for verdict, answer in ((CLUSTER, "yes"), (LOCAL, "local"), (UNKNOWN, "unknown")):
-        if verdict in taken:
-            return answer
-    return "no"
-
-
 def _directory(path: str) -> dict[str, Any]:
     # A directory this user cannot list is an error (OSError naming it), as for inspect.
     os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     report = toil_threading.filesystem_report(path)
     problem = None
-    if report.strategy == _filesystems.REFUSE:
+    if report.strategy == _filesystems.STRATEGY_REFUSED:
         problem = str(_filesystems.refusal(path, report))
-    return {**report.as_dict(), "across_machines": _across_machines(report), "problem": problem}
-
-
-# What each answer of across_machines means, for people.
-_ACROSS_WORDS = {
-    "yes": "yes: the locks taken there exclude across machines",
-    "no": "no: the locks exclude only among the processes of this machine",
-    "unknown": "unknown: how this filesystem's locks behave across machines is not known",
-    "local": "no other machine sees it: a filesystem of this machine only",
-    "refused": "no: the package will not lock there",
-}
+    return {
+        **report.as_dict(),
+        "across_machines": _filesystems.across_machines(report),
+        "problem": problem,
+    }
 
 
 def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -302,7 +278,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             ("directory", directory["path"]),
             ("filesystem", f"{directory['filesystem']} (mounted as {directory['type']})"),
             ("strategy", directory["strategy"]),
-            ("across machines", _ACROSS_WORDS[directory["across_machines"]]),
+            ("across machines", _filesystems.ACROSS_MACHINES_WORDS[directory["across_machines"]]),
         ]
     found += [("problem", problem) for problem in report["problems"]]
     if not report["problems"]:

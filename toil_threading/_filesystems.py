@@ -340,6 +340,30 @@ def lock_flags(found: FilesystemReport) -> int:
     return flags
 
 
+def across_machines(found: FilesystemReport) -> str:
+    """Whether the locks the package takes under found's path exclude across machines:
+    the best verdict among the kinds of lock its strategy takes."""
+    if found.strategy == STRATEGY_REFUSED:
+        return "refused"
+    taken = {found.flock}
+    if found.strategy == STRATEGY_FLOCK_AND_RECORD:
+        taken.add(found.posix)
+    for verdict, answer in ((CLUSTER, "yes"), (LOCAL, "local"), (UNKNOWN, "unknown")):
+        if verdict in taken:
+            return answer
+    return "no"
+
+
+# What each answer of across_machines means, for people.
+ACROSS_MACHINES_WORDS = {
+    "yes": "yes: the locks taken there exclude across machines",
+    "no": "no: the locks exclude only among the processes of this machine",
+    "unknown": "unknown: how this filesystem's locks behave across machines is not known",
+    "local": "no other machine sees it: a filesystem of this machine only",
+    "refused": "no: the package will not lock there",
+}
+
+
 def report(path: str, mount: Mount | None, magic: int | None) -> FilesystemReport:
     """The report on path, from the mount holding it and its statfs(2) number (each None
     where it could not be read)."""

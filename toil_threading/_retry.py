@@ -93,7 +93,7 @@ def set_lock_retry_policy(
     return old
 
 
-def _setting(variable: str, whole: bool, largest: int) -> float | None:
+def setting(variable: str, whole: bool, largest: int) -> float | None:
     """The number an environment variable holds, None if it is unset or empty.
 
     Only plain ASCII decimals are numbers here (no sign, space, underscore, exponent,
@@ -128,14 +128,14 @@ def _refuse(problem: str, instead: str) -> None:
 
 
 def apply_settings() -> None:
-    """Apply the TOIL_THREADING_LOCK_* settings (see _setting and _refuse).  A first pause
+    """Apply the TOIL_THREADING_LOCK_* settings (see setting and _refuse).  A first pause
     longer than the longest is refused too: it would have no effect."""
     given: list[float | None] = []
     for (variable, whole, largest), default in zip(
         RETRY_SETTINGS, DEFAULT_RETRY_POLICY, strict=True
     ):
         try:
-            given.append(_setting(variable, whole, largest))
+            given.append(setting(variable, whole, largest))
         except ValueError as problem:
             _refuse(str(problem), f"the default, {default:g}, is used")
             given.append(None)

@@ -10,7 +10,7 @@ logging configuration shows (it silences loggers outside `toil`), and one line a
 says, once per process, that the package serves Toil's module.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # the annotations name what only type checkers import
 
 import importlib.util
 import logging
@@ -115,7 +115,7 @@ def _would_show() -> bool:
 def _say_served() -> None:
     import toil_threading
 
-    _retry.log(
+    _errors.log(
         20,
         "%s: served by toil-threading %s (%s core)",
         TOIL_MODULE,
