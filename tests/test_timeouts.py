@@ -80,6 +80,26 @@ def test_an_arena_wait_names_the_arena(core: str, lock_dir: Path) -> None:
     assert arena.lockfileFD is None
 
 
+def test_a_leave_that_times_out_stays_in_the_arena(core: str, lock_dir: Path) -> None:
+    arena = toil_threading.LastProcessStandingArena(lock_dir, "pool")
+    arena.enter()
+    member = arena.lockfileName
+    holder = start(MUTEX_HOLDER, lock_dir, "pool-arena-lock", core=core)
+    try:
+        expect_line(holder, "held")
+        with pytest.raises(toil_threading.LockTimeout) as raised:
+            for _ in arena.leave(timeout=0.1):
+                pytest.fail("left while another process held the arena's mutex")
+    finally:
+        kill_all([holder])
+    assert (raised.value.name, raised.value.holder) == ("pool", holder.pid)
+    assert raised.value.waited >= 0.1
+    assert arena.lockfileName == member
+    assert os.listdir(lock_dir / "pool-arena-members") == [member]
+    assert list(arena.leave(timeout=5)) == [True]
+    assert not (lock_dir / "pool-arena-members").exists()
+
+
 def test_a_holder_that_cannot_be_told_is_said_to_be_unknown(shm_dir: Path) -> None:
     error = toil_threading.LockTimeout(str(shm_dir / "toil-mutex-m"), "m", 0.5, None)
     assert str(error) == (

@@ -97,7 +97,7 @@ class LastProcessStandingArena:
                 failure.name = self.name  # the arena's, not its mutex's
             raise
 
-    def leave(self) -> "Iterator[bool]":
+    def leave(self, *, timeout: float | None = None) -> "Iterator[bool]":
         """Leave the arena; yields once if this process is the last one standing.
 
         The loop body runs while the arena's mutex is held, so nobody enters before the
@@ -105,15 +105,24 @@ class LastProcessStandingArena:
 
             for _ in arena.leave():
                 ...  # we were the last process: clean up
+
+        With ``timeout`` (seconds) on the wait for the arena's mutex, LockTimeout (a
+        TimeoutError) if not had in time: this process is then still in the arena, and
+        may leave again.
         """
+        _checks.seconds(timeout, "timeout")
         member, base = self._member, self._base
         if member is None or base is None or not member.held:
             raise RuntimeError(f"this process is not in the arena {self.name!r}")
         # No try, finally or with spans the yield: a generator dropped there (its caller
         # interrupted or gone) is only cleared, and its mutex closed by C code, so no line
         # of Python runs as it is collected.  Any failure lets the mutex go the same way.
-        mutex = _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, None, lock_flags_for)
-        mutex.__enter__()
+        mutex = _impl.core.HeldMutex(base, MUTEX_PREFIX + self.mutex, timeout, lock_flags_for)
+        try:
+            mutex.__enter__()
+        except LockTimeout as failure:
+            failure.name = self.name  # the arena's, not its mutex's
+            raise
         member.release()
         self._member = None
         if not _anyone_alive(member.directory):
