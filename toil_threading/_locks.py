@@ -84,13 +84,19 @@ def exclusive_flock_holders() -> "dict[tuple[int, int], int] | None":
     shared lock is another prober's passing look.  A PID of 0 is a process outside our
     PID namespace.
     """
+    chunks, size = [], 0
     try:
-        with open("/proc/locks", "rb") as locks:
-            text = locks.read(_PROC_LOCKS_LIMIT + 1)
+        # In pieces: a buffer of the whole bound, asked for at once, would be allocated
+        # (and its pages touched) at every call, however few locks there are.
+        with open("/proc/locks", "rb", buffering=0) as locks:
+            while chunk := locks.read(1 << 16):
+                size += len(chunk)
+                if size > _PROC_LOCKS_LIMIT:
+                    return None
+                chunks.append(chunk)
     except OSError:  # no /proc here: nothing can be told
         return None
-    if len(text) > _PROC_LOCKS_LIMIT:
-        return None
+    text = b"".join(chunks)
     holders = {}
     for line in text.decode("ascii", "replace").splitlines():
         fields = line.split()
