@@ -40,6 +40,8 @@ nitpick_ignore = [
     ("py:class", "AbstractContextManager"),  # contextlib's, in global_mutex's signature
     ("py:class", "logging.Logger"),
     ("py:class", "threading.Lock"),
+    ("py:class", "collections.abc.AsyncIterator"),  # in toil_threading.aio's signatures
+    ("py:class", "contextlib.AbstractAsyncContextManager"),
 ]
 nitpick_ignore_regex = [("py:class", r"StrPath|toil_threading\._\w+\.\w+")]
 

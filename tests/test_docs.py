@@ -77,7 +77,9 @@ def test_the_readme_example_prints_what_the_readme_shows(tmp_path: Path) -> None
 def test_every_public_name_is_in_the_api_reference() -> None:
     reference = (DOCS / "api.md").read_text()
     documented = set(
-        re.findall(r"^\.\. (?:auto\w+|py:data):: toil_threading\.(\w+)", reference, re.MULTILINE)
+        re.findall(
+            r"^\.\. (?:auto(?!module)\w+|py:data):: toil_threading\.(\w+)", reference, re.MULTILINE
+        )
     )
     assert set(toil_threading.__all__) | {"__version__"} <= documented
     assert documented <= set(toil_threading.__all__) | {"__version__"}  # nothing stale
