@@ -94,6 +94,33 @@ def python_with_core(
 CLI = (sys.executable, "-I", "-m", "toil_threading")
 
 
+# What an error says of a directory that cannot be listed, by how it cannot.
+UNLISTABLE = {
+    "missing": "No such file or directory",
+    "file": "Not a directory",
+    "unreadable": "Permission denied",
+}
+
+
+def unlistable(tmp_path: Path, case: str) -> tuple[Path, tuple[str, ...]]:
+    """A path that cannot be listed for the reason case names (a key of UNLISTABLE), and
+    the wrapper (for run_cli) that makes an unreadable one unreadable even to root."""
+    target = tmp_path / case
+    wrapper: tuple[str, ...] = ()
+    if case == "file":
+        target.touch()
+    elif case == "unreadable":
+        target.mkdir(mode=0)
+        if os.geteuid() == 0:
+            # Root reads any directory: run the command without the capabilities that
+            # let it, so the mode is obeyed as for anyone else.
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                skip_or_fail("running as root and setpriv(1) is missing: cannot deny a read")
+            wrapper = (str(setpriv), "--bounding-set=-dac_override,-dac_read_search")
+    return target, wrapper
+
+
 def run_cli(
     core: str,
     *args: str | Path,

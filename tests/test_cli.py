@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import blocked_waiters, linux_only, python_with_core, run_cli, wait_until_blocked
+from conftest import (
+    UNLISTABLE,
+    blocked_waiters,
+    linux_only,
+    python_with_core,
+    run_cli,
+    unlistable,
+    wait_until_blocked,
+)
 from workers import EVERY_KIND, said, start
 
 import toil_threading
@@ -254,27 +261,10 @@ def test_fs_refuses_ceph(
 
 @pytest.mark.parametrize("case", ["missing", "file", "unreadable"])
 def test_errors_are_one_line(core: str, case: str, tmp_path: Path) -> None:
-    target = tmp_path / case
-    expected = {
-        "missing": "No such file or directory",
-        "file": "Not a directory",
-        "unreadable": "Permission denied",
-    }
-    wrapper: tuple[str, ...] = ()
-    if case == "file":
-        target.touch()
-    elif case == "unreadable":
-        target.mkdir(mode=0)
-        if os.geteuid() == 0:
-            # Root reads any directory: run the command without the capabilities that
-            # let it, so the mode is obeyed as for anyone else.
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                pytest.skip("running as root and setpriv(1) is missing: cannot deny a read")
-            wrapper = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
+    target, wrapper = unlistable(tmp_path, case)
     done = run_cli(core, "inspect", target, wrapper=wrapper)
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == f"toil-threading: error: {target}: {expected[case]}\n"
+    assert done.stderr == f"toil-threading: error: {target}: {UNLISTABLE[case]}\n"
 
 
 def test_console_script_and_help(core: str) -> None:

@@ -11,7 +11,6 @@ test_toil_client.py for doctor beside Toil, test_startup.py for an editable inst
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import core_environment, linux_only, run_cli
+from conftest import UNLISTABLE, core_environment, linux_only, run_cli, unlistable
 
 import toil_threading
 from toil_threading import _cli, _doctor
@@ -470,24 +469,8 @@ def test_bad_arguments_are_exit_2(core: str, args: list[str], said: str) -> None
 
 @pytest.mark.parametrize("case", ["missing", "file", "unreadable"])
 def test_a_directory_it_cannot_list_is_exit_2(core: str, case: str, tmp_path: Path) -> None:
-    target = tmp_path / case
-    expected = {
-        "missing": "No such file or directory",
-        "file": "Not a directory",
-        "unreadable": "Permission denied",
-    }
-    wrapper: tuple[str, ...] = ()
-    if case == "file":
-        target.touch()
-    elif case == "unreadable":
-        target.mkdir(mode=0)
-        if os.geteuid() == 0:
-            # Root reads any directory: run without the capabilities that let it.
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                pytest.skip("running as root and setpriv(1) is missing: cannot deny a read")
-            wrapper = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
+    target, wrapper = unlistable(tmp_path, case)
     for flags in ((), ("--json",)):
         done = run_cli(core, "doctor", *flags, target, wrapper=wrapper)
         assert (done.returncode, done.stdout) == (2, "")
-        assert done.stderr == f"toil-threading: error: {target}: {expected[case]}\n"
+        assert done.stderr == f"toil-threading: error: {target}: {UNLISTABLE[case]}\n"

@@ -323,12 +323,13 @@ raise SystemExit(status)
 """
 
 
-def doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any], str]:
-    """(exit status, report, the toil modules imported) of doctor in a fresh python."""
+def run_doctor(python: str, core: str, code: list[str], env: dict[str, str]) -> Any:
+    """doctor run by python (-I, then code) on core, with env on the core's environment
+    cleared of the switch and the retry settings; it must answer 0 or 1."""
     cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
     environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
     done = subprocess.run(
-        [python, "-I", "-c", DOCTOR],
+        [python, "-I", *code],
         cwd="/",
         env={**environment, **env},
         capture_output=True,
@@ -336,6 +337,12 @@ def doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any], str
         timeout=120,
     )
     assert done.returncode in (0, 1), done.stderr
+    return done
+
+
+def doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any], str]:
+    """(exit status, report, the toil modules imported) of doctor in a fresh python."""
+    done = run_doctor(python, core, ["-c", DOCTOR], env)
     return done.returncode, json.loads(done.stdout), done.stderr.splitlines()[-1]
 
 
@@ -407,17 +414,7 @@ def editable(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]
 
 
 def editable_doctor(python: str, core: str, **env: str) -> tuple[int, dict[str, Any]]:
-    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
-    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
-    done = subprocess.run(
-        [python, "-I", "-m", "toil_threading", "doctor", "--json"],
-        cwd="/",
-        env={**environment, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode in (0, 1), done.stderr
+    done = run_doctor(python, core, ["-m", "toil_threading", "doctor", "--json"], env)
     assert done.stderr == ""
     return done.returncode, json.loads(done.stdout)
 
