@@ -15,7 +15,6 @@ own (see the README's "How the code is laid out").
 from . import _checks, _impl
 from ._cpu import cpu_count, explain_cpu_count, parse_quota_cgroups1, parse_quota_cgroups2
 from ._cpu_limits import CpuCount, CpuLimit
-from ._lockability import lock_flags_for as _lock_flags_for
 from ._protocol import LOGGER_NAME, MUTEX_PREFIX, RETRY_SETTINGS
 
 TYPE_CHECKING = False
@@ -115,6 +114,14 @@ if not TYPE_CHECKING:  # type checkers see each name above, and so refuse a miss
 def __dir__() -> list[str]:
     """The public names (__all__), and the module's own dunders."""
     return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
+
+
+def _lock_flags_for(fd: int, device: int, directory: str) -> int:
+    """The judge global_mutex hands the core: _lockability.lock_flags_for, loaded the first
+    time a filesystem is met rather than at start-up (a process may never lock)."""
+    from ._lockability import lock_flags_for
+
+    return lock_flags_for(fd, device, directory)
 
 
 def _apply_retry_settings() -> None:
