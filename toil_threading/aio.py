@@ -20,15 +20,15 @@ synchronous API (``global_mutex(..., timeout=0)``, ``enter(timeout=0)``, ``leave
 made on the event loop; while the lock is busy the task sleeps (``asyncio.sleep``) 1 ms, then
 2, 4 and 8 ms, then 10 ms between tries, the pauses of the synchronous API's timed waits.
 
-What it costs, per waiting task: about 90 tries a second once it has waited 15 ms, each 19
+What it costs, per waiting task: about 90 tries a second once it has waited 15 ms, each 14
 system calls (the directory and the lock file opened, the lock tried, and /proc/locks read
-for the holder a LockTimeout would name): about 1,700 system calls a second.  On a 2-CPU
-virtual machine (compiled core, tmpfs or ext4) a try takes 60 us of CPU back to back but
-about 250 us after a pause, its caches cold: a lone waiting task uses 3 to 5% of a CPU, and
-each of twenty waiting together about 1%.  A release is noticed at the waiter's next try:
-6 to 7 ms later in the median, 10.5 ms at the 90th percentile, where a waiter blocked in the
-kernel (the synchronous API) is woken within 0.2 ms; so under steady contention from such
-waiters a polling one waits longer.  Measured by bench/aio.py.
+for the holder a LockTimeout would name): about 1,300 system calls a second.  On a 2-CPU
+virtual machine (compiled core, tmpfs) a try takes about 50 us of CPU: a lone waiting task
+uses about 4% of a CPU, and each of twenty waiting together about 0.5%.  A release is
+noticed at the waiter's next try: 6 to 7 ms later in the median, 10.4 ms at the 90th percentile,
+where a waiter blocked in the kernel (the synchronous API) is woken within 0.2 ms; so under
+steady contention from such waiters a polling one waits longer.  Measured by bench/aio.py
+(bench/results-aio.txt).
 
 Timeouts count the whole wait: LockTimeout says how long that was, and the holder's PID
 where this machine can tell.  A task is only ever cancelled at an await, and the awaits
