@@ -206,8 +206,7 @@ def test_an_unrecognised_switch_is_exit_1(core: str, value: str) -> None:
 
 
 def test_a_bad_retry_setting_under_the_switch_is_exit_1(core: str) -> None:
-    # Without the switch a bad setting stops the import of the package; under it, the
-    # default is used and doctor says the setting is not in force.
+    # Under the switch the default is used and doctor says the setting is not in force.
     status, report, errors = doctor_json(
         core, **{SWITCH: "1", "TOIL_THREADING_LOCK_MAX_TRIES": "ten"}
     )
@@ -217,6 +216,49 @@ def test_a_bad_retry_setting_under_the_switch_is_exit_1(core: str) -> None:
     assert field["problem"].startswith("TOIL_THREADING_LOCK_MAX_TRIES='ten' is not a whole number")
     assert report["problems"] == [field["problem"]]
     assert "TOIL_THREADING_LOCK_MAX_TRIES='ten'" in errors
+
+
+BAD_TRIES = {"TOIL_THREADING_LOCK_MAX_TRIES": "ten"}
+BAD_TRIES_SAID = (
+    "toil-threading: TOIL_THREADING_LOCK_MAX_TRIES='ten' is not a whole number from 1 to 1000"
+    " (in ASCII digits); the default, 10, is used\n"
+)
+
+
+def test_a_bad_retry_setting_without_the_switch_is_exit_1(core: str) -> None:
+    # doctor is how an operator finds a bad setting: the command goes on with the default
+    # (one line on stderr) where a program importing the package would stop.
+    status, report, errors = doctor_json(core, **BAD_TRIES)
+    assert (status, errors) == (1, BAD_TRIES_SAID)
+    field = report["retry_policy"]["max_tries"]
+    assert (field["value"], field["source"]) == (10, "default")
+    assert report["problems"] == [field["problem"]]
+    assert field["problem"].startswith("TOIL_THREADING_LOCK_MAX_TRIES='ten' is not a whole")
+
+
+def test_every_command_goes_on_past_a_bad_retry_setting(core: str, shm_dir: Path) -> None:
+    script = Path(sys.executable).parent / "toil-threading"
+    for command in (None, [str(script)]):
+        done = run_cli(core, "inspect", shm_dir, command=command, env=BAD_TRIES)
+        assert (done.returncode, done.stderr) == (0, BAD_TRIES_SAID), done.stderr
+        assert done.stdout.startswith(f"{shm_dir}: no mutexes")
+
+
+def test_a_program_importing_the_package_still_stops_at_a_bad_retry_setting(core: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", "import toil_threading"],
+        cwd="/",
+        env=core_environment(core, BAD_TRIES),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "ValueError: TOIL_THREADING_LOCK_MAX_TRIES='ten' is not a whole number from 1 to 1000"
+        " (in ASCII digits)"
+    )
 
 
 def test_a_first_pause_longer_than_the_longest_is_not_in_force(core: str) -> None:

@@ -235,7 +235,7 @@ def _retry_policy() -> dict[str, dict[str, Any]]:
         problem = None
         try:
             given = setting(variable, whole, largest)
-        except ValueError as refused:  # only under the switch, which uses the default then
+        except ValueError as refused:  # the default is used then (see _retry._refuse)
             problem = f"{refused}, so {value:g} is used"
         else:
             if given is not None and given == value:

@@ -11,6 +11,7 @@ import errno
 import os
 import sys
 import time
+from itertools import pairwise
 
 from . import _checks
 from ._errors import LockTimeout, error, fail_if_removed, log, mutex_name
@@ -118,13 +119,29 @@ def setting(variable: str, whole: bool, largest: int) -> float | None:
 
 
 def _refuse(problem: str, instead: str) -> None:
-    """A bad retry setting: ValueError naming it, except in a process the Toil switch runs
-    on this package, where it must not stop every Toil process: there it is one line on
-    stderr (as the switch reports), saying what is used instead."""
+    """A bad retry setting: ValueError naming it, except where raising would stop what
+    must go on: in a process the Toil switch runs on this package (every Toil process),
+    and in the toil-threading command (whose `doctor` is how an operator finds the bad
+    setting).  There it is one line on stderr, saying what is used instead."""
     switch = sys.modules.get("toil_threading_for_toil")
-    if switch is None or getattr(switch, "switched_on", False) is not True:
+    if switch is not None and getattr(switch, "switched_on", False) is True:
+        switch.warn(f"{problem}; {instead}")
+    elif _the_command_runs():
+        try:
+            sys.stderr.write(f"toil-threading: {problem}; {instead}\n")
+        except (AttributeError, OSError, ValueError):  # no stderr, or a closed one
+            pass
+    else:
         raise ValueError(problem) from None
-    switch.warn(f"{problem}; {instead}")
+
+
+def _the_command_runs() -> bool:
+    """Whether this process is the toil-threading command, its console script or
+    `python -m toil_threading`: the package is imported before the command's first line."""
+    if os.path.basename(sys.argv[0]) == "toil-threading":
+        return True
+    given = sys.orig_argv
+    return "-mtoil_threading" in given or ("-m", "toil_threading") in pairwise(given)
 
 
 def apply_settings() -> None:
