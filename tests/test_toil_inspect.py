@@ -186,6 +186,15 @@ def place_in(report: Any, path: Path) -> Any:
     return place
 
 
+def nothing_held_in(status: int, report: Any, path: Path) -> bool:
+    """Whether the place at path holds nothing, with the exit status the whole report
+    gives: other workflows of this node (a test beside this one, a user's run) may hold
+    something in Toil's default places, which every run looks in too."""
+    return status == int(report["held"]) and not any(
+        workflow["held"] for workflow in place_in(report, path)["workflows"]
+    )
+
+
 def command_cell(table: str, kind: str, name: str) -> str:
     """The COMMAND cell of the table row for that kind and name (it has spaces in it)."""
     [line] = [line for line in table.splitlines() if line.split()[:2] == [kind, name]]
@@ -343,7 +352,8 @@ def test_a_cleanup_arena_with_a_live_member(core: str, tmp_path: Path) -> None:
     finally:
         let_go(member)
     status, report = inspect_toil(core, env={"TOIL_COORDINATION_DIR": str(place)})
-    assert status == 0 and place_in(report, place)["workflows"] == []  # it cleaned up
+    assert nothing_held_in(status, report, place)
+    assert place_in(report, place)["workflows"] == []  # it cleaned up
 
 
 def plant_held_files(target: Path) -> subprocess.Popen[str]:
@@ -382,7 +392,7 @@ def test_planted_links_and_fifos_are_never_followed_or_waited_on(core: str, tmp_
         env = {"TOIL_COORDINATION_DIR": str(place), "TOIL_WORKDIR": str(tmp_path / "fifo")}
 
         status, report = inspect_toil(core, env=env)
-        assert status == 0 and report["held"] is False
+        assert nothing_held_in(status, report, place)
         assert place_in(report, tmp_path / "fifo")["state"] == "Not a directory"
         [found] = place_in(report, place)["workflows"]  # the link and the FIFO are no workflows
         assert (found["name"], found["state"]) == (real, None)
@@ -394,7 +404,7 @@ def test_planted_links_and_fifos_are_never_followed_or_waited_on(core: str, tmp_
         assert arena["members"] == []
 
         table = run_cli(core, "inspect", "--toil", env={**UNSET, **env})
-        assert (table.returncode, table.stderr) == (0, "")
+        assert table.returncode in (0, 1) and table.stderr == ""  # 1: held elsewhere
         assert "bait" not in table.stdout
         assert f"{tmp_path}/fifo (TOIL_WORKDIR): Not a directory" in table.stdout.splitlines()
         assert table_row(table.stdout, "deferred", "deferred")[2:] == [
@@ -423,7 +433,7 @@ def test_a_dead_workers_deferred_file_is_shown_dead_and_kept(core: str, tmp_path
     (deferred / "notours").touch()  # not named as Toil names them: not looked at
     for _ in range(2):
         status, report = inspect_toil(core, env={"TOIL_COORDINATION_DIR": str(place)})
-        assert status == 0
+        assert nothing_held_in(status, report, place)
         [found] = place_in(report, place)["workflows"]
         states = {entry["name"]: (entry["state"], entry["pid"]) for entry in found["deferred"]}
         assert states == {
@@ -461,8 +471,9 @@ def test_unreadable_places_and_workflows_are_reported_not_fatal(core: str, tmp_p
             text=True,
             timeout=60,
         )
-        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stderr == ""
         report = json.loads(done.stdout)
+        assert nothing_held_in(done.returncode, report, readable)
         denied = "unknown: permission denied"
         assert (place_in(report, closed)["state"], place_in(report, closed)["workflows"]) == (
             denied,
