@@ -245,14 +245,8 @@ def test_every_command_goes_on_past_a_bad_retry_setting(core: str, shm_dir: Path
 
 
 def test_a_program_importing_the_package_still_stops_at_a_bad_retry_setting(core: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", "import toil_threading"],
-        cwd="/",
-        env=core_environment(core, BAD_TRIES),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_cli(
+        core, "-c", "import toil_threading", command=[sys.executable, "-I"], env=BAD_TRIES
     )
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == (

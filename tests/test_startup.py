@@ -24,11 +24,11 @@ import pytest
 from conftest import core_environment, linux_only, skip_or_fail
 
 import toil_threading
+from toil_threading._protocol import RETRY_SETTINGS
 
 pytestmark = linux_only
 
 SWITCH = "TOIL_THREADING_FOR_TOIL"
-RETRY_SETTINGS = ("MAX_TRIES", "BACKOFF", "MAX_BACKOFF")
 START_UP_FILES = ("toil_threading_for_toil.py", "toil_threading_for_toil.pth")
 DEFAULT_POLICY = [10, 1.0, 60.0]
 
@@ -123,16 +123,21 @@ def venvs(toil_python: str, tmp_path_factory: pytest.TempPathFactory) -> Venvs:
     return Venvs(toil_python, tmp_path_factory.mktemp("switch-venvs"))
 
 
+def without_our_settings(core: str, env: dict[str, str]) -> dict[str, str]:
+    """core's environment without the switch's and the retry policy's variables of this
+    process's environment, then env."""
+    cleared = {SWITCH, *(variable for variable, _, _ in RETRY_SETTINGS)}
+    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
+    return {**environment, **env}
+
+
 def start(python: str, core: str, code: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run code in a fresh interpreter on core with env, and none of the switch's or the
     retry policy's variables of this process's environment; it must succeed."""
-    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
-    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
-    environment.update(env)
     done = subprocess.run(
         [python, "-I", "-c", textwrap.dedent(code)],
         cwd="/",
-        env=environment,
+        env=without_our_settings(core, env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -326,12 +331,10 @@ raise SystemExit(status)
 def run_doctor(python: str, core: str, code: list[str], env: dict[str, str]) -> Any:
     """doctor run by python (-I, then code) on core, with env on the core's environment
     cleared of the switch and the retry settings; it must answer 0 or 1."""
-    cleared = {SWITCH, *(f"TOIL_THREADING_LOCK_{name}" for name in RETRY_SETTINGS)}
-    environment = {k: v for k, v in core_environment(core).items() if k not in cleared}
     done = subprocess.run(
         [python, "-I", *code],
         cwd="/",
-        env={**environment, **env},
+        env=without_our_settings(core, env),
         capture_output=True,
         text=True,
         timeout=120,
